@@ -1,0 +1,1 @@
+"""budgetgpt: tokenize -> estimate -> train -> evaluate, driven by Snakemake or DVC."""

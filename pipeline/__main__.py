@@ -1,0 +1,61 @@
+"""The command line: python -m pipeline STAGE [--params FILE ...] [--set dotted.key=value ...]
+
+Later --params files and --set override earlier ones. A known error prints one message on stderr
+and exits non-zero (2 for bad input, 3 when the budget gate refuses the run), with no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import PipelineError
+
+# stage name -> (module, one-line help). Modules are imported only when their stage runs:
+# importing torch costs seconds that `--help` and the tokenizer should not pay.
+STAGES = {
+    "tokenize": ("pipeline.tokenize", "read the corpus, train a BPE tokenizer, write token files"),
+    "estimate": ("pipeline.estimate", "FLOPs, memory fit, hours, dollars, energy; stop when over budget"),
+    "train": ("pipeline.train", "train the model: mixed precision, accumulation, checkpoints, resume"),
+    "evaluate": ("pipeline.evaluate", "validation loss, perplexity, samples, estimate against actual"),
+}
+TOOLS = {
+    "demo-corpus": ("pipeline.demo_corpus", "write the bundled multilingual demo corpus"),
+    "dag": ("pipeline.dag", "write dvc.yaml from the stage registry, or --check that it is current"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, (module, help_text) in {**STAGES, **TOOLS}.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--params", action="append", metavar="FILE",
+                         help="params YAML file; repeat to layer overlays (default: params.yaml)")
+        cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                         help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
+        if name in TOOLS:
+            importlib.import_module(module).add_arguments(cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from pipeline import params as params_module
+
+        params = params_module.load(args.params, args.overrides)
+        if args.command in TOOLS:
+            return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
+        importlib.import_module(STAGES[args.command][0]).run(params)
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
