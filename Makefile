@@ -6,9 +6,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.lock | cut -d' ' -f1)
 DEMO_PARAMS := --params params.yaml --params params/demo.yaml
 
-.PHONY: demo test setup lint clean-demo
+.PHONY: demo test setup profiles lint
 
-setup: $(STAMP)
+setup: $(STAMP) profiles
+
+# `snakemake --profile t4` looks for ./t4, ~/.config/snakemake/t4 and /etc/xdg/snakemake/t4 only:
+# link our profiles into the user's config dir, never over a profile of the user's own.
+PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+profiles:
+	@mkdir -p $(PROFILE_HOME)
+	@for name in $(notdir $(wildcard profiles/*)); do \
+	  target=$(PROFILE_HOME)/$$name; \
+	  if [ -e $$target ] && [ ! -L $$target ]; then echo "kept your own profile $$target"; \
+	  else ln -sfn $(CURDIR)/profiles/$$name $$target; fi; \
+	done
 
 $(STAMP): requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "budgetgpt needs Python 3.11: run make PYTHON=python3.11")'
@@ -16,12 +27,12 @@ $(STAMP): requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/python -m pipeline demo-corpus $(DEMO_PARAMS)
-	$(BIN)/snakemake --profile profiles/cpu --config 'params_files=[params.yaml,params/demo.yaml]'
+	$(BIN)/snakemake --profile profiles/cpu --configfile params/demo.yaml
 	@cat reports/summary.md
 
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -68,10 +68,11 @@ class Model(Section):
 class Cost(Section):
     hardware: str
     num_devices: int = Positive
-    pricing: Literal["on_demand", "spot", "owned"]
-    usd_per_hour: float | None = Field(default=None, ge=0)
+    pricing: Literal["on_demand", "spot", "colab", "owned"]
+    usd_per_hour: float | None = Field(default=None, gt=0)
     mfu: float | None = Field(default=None, gt=0, le=1)
     calibrate: bool
+    calibrate_steps: int = Positive
     electricity_usd_per_kwh: float = NonNegative
     pue: float = Field(ge=1)
     grid_gco2_per_kwh: float = NonNegative
@@ -152,12 +153,30 @@ class Params(Section):
 def load(files: list[str | Path] | None = None, overrides: list[str] | None = None) -> Params:
     """Merge the YAML files in order, apply `dotted.key=value` overrides, validate."""
     files = [Path(f) for f in (files or [DEFAULT_FILE])]
-    merged: dict[str, Any] = {}
-    for path in files:
-        merged = _deep_merge(merged, _read_yaml(path))
+    merged = merge_files(files)
     for item in overrides or []:
         _apply_override(merged, item)
     return from_dict(merged, source=", ".join(str(f) for f in files))
+
+
+def merge_files(files: list[str | Path]) -> dict[str, Any]:
+    """The YAML files deep-merged in order, not yet validated."""
+    merged: dict[str, Any] = {}
+    for path in files:
+        merged = _deep_merge(merged, _read_yaml(Path(path)))
+    return merged
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}; empty mappings are kept as leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def from_dict(data: dict[str, Any], source: str = "params") -> Params:

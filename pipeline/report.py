@@ -1,0 +1,272 @@
+"""The evaluate stage's words: estimate against actual, reports/samples.md and reports/summary.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.params import Params
+
+# quantity -> (unit shown to people, label, +1 when more is worse / -1 when less is worse)
+QUANTITIES = {
+    "hours": ("h", "Wall-clock hours", 1),
+    "tokens_per_second": ("tok/s", "Throughput", -1),
+    "mfu": ("", "MFU", -1),
+    "peak_memory_bytes": ("B", "Peak memory", 1),
+    "usd": ("$", "Cost", 1),
+    "kwh": ("kWh", "Energy", 1),
+    "co2_kg": ("kg", "CO2", 1),
+}
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A report another stage wrote; None when absent (evaluate works without it)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc}): rerun the stage that writes it") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path} should hold a JSON object: rerun the stage that writes it")
+    return data
+
+
+# ---- estimate against actual -------------------------------------------------------------------
+
+def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None, reports_dir: Path,
+                       params: Params) -> dict[str, Any]:
+    """Each quantity as estimated (reports/cost.json) and measured (reports/train.json), error in %.
+
+    Totals (hours, $, kWh, CO2) are estimated for the tokens actually trained: a run that stopped
+    early is compared with the estimate's rate, not with the plan it did not finish.
+    Error = (actual - estimate) / estimate, so +20% means the run took 20% more than estimated.
+    """
+    absent = [str(reports_dir / name) for name, data in (("cost.json", cost), ("train.json", train))
+              if data is None]
+    if absent:
+        return {"available": False,
+                "note": f"{' and '.join(absent)} not found: estimate against actual needs both the "
+                        "estimate and the train stage's reports"}
+    planned, trained = cost.get("tokens"), train.get("tokens")
+    scale = _ratio(trained, planned) or 1.0
+    hours = train.get("wall_hours")
+    kwh_measured = _number(train.get("kwh"))
+    kw = _ratio(cost.get("kwh"), cost.get("hours"))          # the estimate's average power, PUE included
+    kwh = kwh_measured if kwh_measured is not None else _times(kw, hours)
+    if _recorded_pricing(cost, params) == "owned":
+        usd = _times(_ratio(cost.get("usd"), cost.get("kwh")), kwh)
+        usd_basis = "actual kWh x the estimate's $/kWh"
+    else:
+        usd = _times(_ratio(cost.get("usd"), cost.get("hours")), hours)
+        usd_basis = "wall hours x the estimate's $/h"
+    rows = {
+        "hours": (_times(cost.get("hours"), scale), hours),
+        "tokens_per_second": (_ratio(planned, _times(cost.get("hours"), 3600)), train.get("tokens_per_second")),
+        "mfu": (cost.get("mfu"), train.get("mfu")),
+        "peak_memory_bytes": (cost.get("peak_memory_bytes"), train.get("peak_memory_bytes")),
+        "usd": (_times(cost.get("usd"), scale), usd),
+        "kwh": (_times(cost.get("kwh"), scale), kwh),
+        "co2_kg": (_times(cost.get("co2_kg"), scale), _times(_ratio(cost.get("co2_kg"), cost.get("kwh")), kwh)),
+    }
+    return {
+        "available": True,
+        "planned_tokens": planned,
+        "trained_tokens": trained,
+        "estimate_scale": scale,
+        "kwh_source": f"measured ({train.get('kwh_source') or 'train.json'})" if kwh_measured is not None else
+                      "derived: the estimate's average power (kWh/h, PUE included) x measured hours",
+        "peak_memory_kind": train.get("peak_memory_kind"),
+        "usd_source": usd_basis,
+        "quantities": {name: {"estimate": _number(est), "actual": _number(act), "error_pct": _error(est, act)}
+                       for name, (est, act) in rows.items()},
+    }
+
+
+def _recorded_pricing(cost: dict[str, Any], params: Params) -> str:
+    return cost.get("pricing") or params.cost.pricing
+
+
+def _number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    a, b = _number(a), _number(b)
+    return a / b if a is not None and b else None
+
+
+def _times(a: Any, b: Any) -> float | None:
+    a, b = _number(a), _number(b)
+    return a * b if a is not None and b is not None else None
+
+
+def _error(estimate: Any, actual: Any) -> float | None:
+    estimate, actual = _number(estimate), _number(actual)
+    return 100.0 * (actual - estimate) / estimate if estimate and actual is not None else None
+
+
+def best_vs_final(ckpt_manifest: dict[str, Any] | None, results: dict[str, dict[str, Any]],
+                  final) -> dict[str, Any] | None:
+    best = (ckpt_manifest or {}).get("best")
+    if best not in results:
+        return None
+    final_loss = final.as_dict()["val_loss"]
+    return {"best": best, "best_val_loss": results[best]["val_loss"], "final_val_loss": final_loss,
+            "final_minus_best": final_loss - results[best]["val_loss"],
+            "final_is_best": results[best]["same_weights_as"] == "final"}
+
+
+# ---- samples.md --------------------------------------------------------------------------------
+
+def samples_markdown(samples: list[dict[str, Any]], ev) -> str:
+    lines = ["# Samples", "",
+             f"One sample per prompt from `evaluate.prompts`: seed {ev.seed}, temperature {ev.temperature}, "
+             f"top-k {ev.top_k}, at most {ev.max_new_tokens} new tokens. The prompt is shown in "
+             "[brackets]; the rest is the model's.", ""]
+    if not samples:
+        lines.append("No prompts: `evaluate.prompts` is empty.")
+    for i, s in enumerate(samples, 1):
+        text = f"[{s['prompt']}]{s['completion']}"
+        fence = "````" if "```" in text else "```"
+        end = "stopped at end of text" if s["ended"] else "stopped at max_new_tokens"
+        lines += [f"## {i}. {s['prompt']}", "", f"{fence}text", text, fence, "",
+                  f"*{s['new_tokens']} new tokens, {end}.*", ""]
+    return "\n".join(lines)
+
+
+# ---- summary.md --------------------------------------------------------------------------------
+
+def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: dict[str, Any] | None,
+                     samples: list[dict[str, Any]], model_dir: Path, ckpt_dir: Path, reports_dir: Path) -> str:
+    m = result["model"]
+    out = ["# Run summary", ""]
+    shape = ", ".join(f"{k} {m[k]}" for k in ("n_layer", "n_embd", "n_head", "n_positions") if k in m)
+    out.append(f"- **Model**: {m.get('model_type', 'causal LM')} ({shape}), {m['parameters']:,} parameters, "
+               f"vocabulary {m.get('vocab_size')}; in `{model_dir}`.")
+    out.append(f"- **Data**: {_int(manifest.get('train_tokens'))} train tokens, {_int(manifest.get('val_tokens'))} "
+               f"val tokens ({_int(manifest.get('val_bytes'))} bytes, "
+               f"{_num(manifest.get('bytes_per_token'))} bytes/token).")
+    out.append(f"- **Training**: {_training_line(train, reports_dir)}")
+    out += ["", *_quality(result), "", *_checkpoints(result), "", *_samples(samples), "",
+            *_cost(result["estimate_vs_actual"]), "", *_files(model_dir, ckpt_dir, reports_dir), ""]
+    return "\n".join(out)
+
+
+def _training_line(train: dict[str, Any] | None, reports_dir: Path) -> str:
+    if train is None:
+        return f"no {reports_dir / 'train.json'} (a model evaluated on its own)."
+    return (f"stopped because **{train.get('stop_reason', 'unknown')}** after {_int(train.get('steps'))} steps, "
+            f"{_int(train.get('tokens'))} tokens, {_num(train.get('wall_hours'))} h on {train.get('device', '?')} "
+            f"({train.get('precision', '?')}).")
+
+
+def _quality(result: dict[str, Any]) -> list[str]:
+    base = result["unigram"]
+    gain = 1 - result["bits_per_byte"] / base["bits_per_byte"]
+    verdict = (f"The model needs {gain:.1%} fewer bits per byte than the unigram baseline" if gain >= 0 else
+               f"The model is WORSE than the unigram baseline ({-gain:.1%} more bits per byte)")
+    return [
+        f"## Quality on the whole val split ({result['val_tokens_scored']:,} tokens)", "",
+        "| | loss (nats/token) | perplexity | bits per byte |", "| --- | ---: | ---: | ---: |",
+        f"| this model | {result['val_loss']:.4f} | {result['perplexity']:.2f} | {result['bits_per_byte']:.4f} |",
+        f"| unigram baseline | {base['val_loss']:.4f} | {base['perplexity']:.2f} | {base['bits_per_byte']:.4f} |",
+        "",
+        f"{verdict}, which knows only the train split's token frequencies (add-one smoothed). "
+        "Bits per byte compare across tokenizers; loss and "
+        f"perplexity only within one. Windows of {result['window']} tokens, non-overlapping.",
+    ]
+
+
+def _checkpoints(result: dict[str, Any]) -> list[str]:
+    rows = result["checkpoints"]
+    out = ["## Checkpoints", ""]
+    if not rows:
+        return out + ["No checkpoints evaluated (none kept, or `evaluate.checkpoints` is none)."]
+    out += ["| checkpoint | tokens | val loss (whole split) | during training | bits per byte |",
+            "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        same = f" (= {r['same_weights_as']})" if r["same_weights_as"] else ""
+        out.append(f"| {name}{same} | {_int(r['tokens'])} | {r['val_loss']:.4f} | {_num(r['train_val_loss'])} | "
+                   f"{r['bits_per_byte']:.4f} |")
+    cmp = result["best_vs_final"]
+    if cmp and cmp["final_is_best"]:
+        out += ["", f"The final model is the best checkpoint, {cmp['best']} (same weights)."]
+    elif cmp:
+        verdict = "better than" if cmp["final_minus_best"] < 0 else "no better than"
+        out += ["", f"The final model ({cmp['final_val_loss']:.4f}) is {verdict} the best checkpoint "
+                    f"{cmp['best']} ({cmp['best_val_loss']:.4f}), a difference of {cmp['final_minus_best']:+.4f}."]
+    out += ["", "\"During training\" is the trainer's estimate on a few val batches; the whole-split "
+                "number is the one to trust."]
+    return out
+
+
+def _samples(samples: list[dict[str, Any]]) -> list[str]:
+    out = ["## Samples (excerpt; all in reports/samples.md)", ""]
+    for s in samples[:3]:
+        text = " ".join(f"[{s['prompt']}]{s['completion']}".split())
+        out.append(f"> {_escape(text[:200])}{'…' if len(text) > 200 else ''}")
+        out.append("")
+    return out[:-1] if samples else out + ["No prompts in `evaluate.prompts`."]
+
+
+def _cost(eva: dict[str, Any]) -> list[str]:
+    out = ["## Cost: estimate against actual", ""]
+    if not eva["available"]:
+        return out + [eva["note"] + "."]
+    out += ["| | estimate | actual | error |", "| --- | ---: | ---: | ---: |"]
+    for name, q in eva["quantities"].items():
+        unit, label, _ = QUANTITIES[name]
+        err = "n/a" if q["error_pct"] is None else f"{q['error_pct']:+.1f}%"
+        if q["error_pct"] is not None and abs(q["error_pct"]) >= 100:
+            err += f" ({q['actual'] / q['estimate']:.3g}x)"
+        out.append(f"| {label} | {with_unit(q['estimate'], unit)} | {with_unit(q['actual'], unit)} | {err} |")
+    if eva["estimate_scale"] != 1.0:
+        out += ["", f"Totals are estimated for the {_int(eva['trained_tokens'])} tokens trained; the plan was "
+                    f"{_int(eva['planned_tokens'])} tokens."]
+    kind = f" Peak memory measured as {eva['peak_memory_kind']}." if eva.get("peak_memory_kind") else ""
+    out += ["", f"Actual energy: {eva['kwh_source']}. Actual cost: {eva['usd_source']}.{kind} "
+                "Error = (actual - estimate) / estimate; n/a: not measured or not estimated."]
+    return out
+
+
+def _files(model_dir: Path, ckpt_dir: Path, reports_dir: Path) -> list[str]:
+    return ["## Files", "",
+            f"- `{reports_dir}/eval.json`: every number above (`dvc metrics show`)",
+            f"- `{reports_dir}/samples.md`: all samples",
+            f"- `{reports_dir}/plots/`: loss.png, checkpoints.png, estimate_vs_actual.png and their CSV data "
+            "(`dvc plots show`)",
+            f"- `{reports_dir}/cost.md`, `{reports_dir}/train.json`: the estimate and the training report",
+            f"- `{model_dir}`: the model and tokenizer (`AutoModelForCausalLM.from_pretrained`)",
+            f"- `{ckpt_dir}/`: kept checkpoints"]
+
+
+def with_unit(x: float | None, unit: str) -> str:
+    if x is None:
+        return "n/a"
+    if unit == "h" and x < 1:
+        return f"{x * 3600:.3g} s" if x < 1 / 60 else f"{x * 60:.3g} min"
+    if unit == "B":
+        return f"{x / 2**30:.3g} GiB"
+    if unit == "$":
+        return f"${_num(x)}"
+    if unit == "":
+        return f"{x:.1%}"
+    return f"{_num(x)} {unit}"
+
+
+def _num(x: Any) -> str:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return "n/a"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def _int(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else _num(x)
+
+
+def _escape(text: str) -> str:
+    for ch in "\\`*_[]<>#|":
+        text = text.replace(ch, "\\" + ch)
+    return text

@@ -1,0 +1,167 @@
+"""What the train stage reports while it runs: progress bar, DVCLive metrics, throughput, MFU,
+peak memory, energy. Only the main process writes; the others keep quiet.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from dvclive import Live
+from tqdm.auto import tqdm
+
+from pipeline.params import Params, Train
+from pipeline.trainsetup import Setup
+
+
+class Meter:
+    """Wall time, time inside optimizer steps, tokens, peak memory and NVML energy for this run."""
+
+    def __init__(self, params: Params, setup: Setup, vocab_size: int, device: torch.device):
+        self.params, self.setup, self.vocab_size, self.device = params, setup, vocab_size, device
+        self.started = time.perf_counter()
+        self.step_seconds = 0.0  # data windows, forward, backward, optimizer: what tokens/s counts
+        self.seconds = {"eval": 0.0, "checkpoint": 0.0, "log": 0.0}  # everything else in the loop
+        self.tokens = 0
+        self.last_rate = 0.0
+        self._t = 0.0
+        self._nvml = _NvmlEnergy(device) if setup.device == "cuda" else None
+
+    def step_started(self) -> None:
+        self._t = time.perf_counter()
+
+    def step_done(self, tokens: int) -> None:
+        # the loss is read back every step, so on a GPU this interval includes the device work
+        took = time.perf_counter() - self._t
+        self.step_seconds += took
+        self.tokens += tokens
+        self.last_rate = tokens / took if took > 0 else 0.0
+
+    @contextmanager
+    def timed(self, kind: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.seconds[kind] += time.perf_counter() - t
+
+    def run_hours(self) -> float:
+        return (time.perf_counter() - self.started) / 3600
+
+    def tokens_per_second(self) -> float | None:
+        return self.tokens / self.step_seconds if self.step_seconds else None
+
+    def summary(self, precision: str) -> dict[str, Any]:
+        rate = self.tokens_per_second()
+        mfu = mfu_device = flops = None
+        if rate:
+            from pipeline.compute import flops_per_token
+            from pipeline.hardware import get_device
+
+            catalog_device = get_device(self.params.cost)
+            flops = flops_per_token(self.params.model, self.vocab_size)
+            peak = catalog_device.peak_flops.get(precision)
+            # cost.hardware names the device planned for; a GPU's peak says nothing about a CPU run
+            if peak and catalog_device.kind == self.setup.device:
+                mfu, mfu_device = flops * rate / (peak * self.setup.world), catalog_device.name
+        if self.setup.device == "cuda":
+            peak_memory, kind = torch.cuda.max_memory_allocated(self.device), "cuda_max_memory_allocated"
+        else:
+            # Linux reports ru_maxrss in KiB; this is the whole process, not just tensors
+            peak_memory, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
+        kwh = self._nvml.kwh() if self._nvml else None
+        return {
+            "tokens_per_second": rate,
+            "this_run_hours": self.run_hours(),
+            "seconds": {"steps": self.step_seconds, **self.seconds},
+            "mfu": mfu,
+            "mfu_device": mfu_device,
+            "flops_per_token": flops,
+            "peak_memory_bytes": peak_memory,
+            "peak_memory_kind": kind,
+            "kwh": kwh,
+            "kwh_source": "nvml_total_energy" if kwh is not None else None,
+        }
+
+
+class TrainLog:
+    """tqdm on the terminal; DVCLive .tsv files per metric (reports/train_live/plots/metrics)."""
+
+    def __init__(self, directory: Path, main: bool, cfg: Train, start_step: int):
+        self.cfg = cfg
+        self.live = Live(dir=str(directory), dvcyaml=None, save_dvc_exp=False, report=None) if main else None
+        self.bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", disable=not main, file=sys.stderr,
+                        dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 30)
+
+    def replay(self, history: dict[str, list[dict[str, Any]]]) -> None:
+        """A resumed run's curves start at step 1, as the uninterrupted run's would."""
+        for entry in history["train"]:
+            self._train_metrics(entry)
+        for entry in history["val"]:
+            self._val_metrics(entry)
+
+    def train(self, entry: dict[str, Any], meter: Meter) -> None:
+        self._train_metrics(entry)
+        if self.live:
+            self.live.log_metric("train/tokens_per_second", meter.last_rate)
+        self.bar.update(1)
+        if entry["step"] % self.cfg.log_every == 0:
+            loss = f"{entry['loss']:.4f}" if entry["loss"] is not None else "nan"
+            self.bar.set_postfix_str(f"loss {loss} lr {entry['lr']:.2e} {meter.last_rate:,.0f} tok/s", refresh=False)
+
+    def val(self, entry: dict[str, Any]) -> None:
+        self._val_metrics(entry)
+        if self.live:
+            self.live.make_summary()
+            text = "not finite" if entry["loss"] is None else \
+                f"{entry['loss']:.4f} (perplexity {entry['perplexity'] or math.inf:.1f})"
+            self.bar.write(f"step {entry['step']}: val loss {text}")
+
+    def done(self, reason: str) -> None:
+        if self.live:
+            self.bar.write(f"stopped: {reason}")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.live:
+            self.live.make_summary()
+
+    def _train_metrics(self, entry: dict[str, Any]) -> None:
+        if self.live:
+            self.live.step = entry["step"]
+            for key in ("loss", "lr", "grad_norm"):
+                if entry[key] is not None:
+                    self.live.log_metric(f"train/{key}", entry[key])
+
+    def _val_metrics(self, entry: dict[str, Any]) -> None:
+        if self.live and entry["loss"] is not None:
+            self.live.step = entry["step"]
+            self.live.log_metric("val/loss", entry["loss"])
+            self.live.log_metric("val/perplexity", entry["perplexity"])
+
+
+class _NvmlEnergy:
+    """Board energy from NVML's total-energy counter (Volta and newer); None when unavailable."""
+
+    def __init__(self, device: torch.device):
+        self.start = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            self.read = lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # millijoules
+            self.start = self.read()
+        except Exception:  # no pynvml, no driver, or a GPU without the counter
+            self.start = None
+
+    def kwh(self) -> float | None:
+        if self.start is None:
+            return None
+        try:
+            return (self.read() - self.start) / 3.6e9
+        except Exception:
+            return None

@@ -1,0 +1,61 @@
+"""Shared fixtures.
+
+`demo_tokens` (session scope): the bundled demo corpus, generated into a temporary directory and
+tokenized with params.yaml + params/demo.yaml, exactly as `make demo` does, but with every path
+(corpus, tokenizer, tokens, reports, checkpoints, model) inside that directory so tests never
+write into the repository. Built once per test session (~10 s on 2 cores). Use it as:
+
+    def test_something(demo_tokens):
+        params = demo_tokens.params                # Params with the tmp paths
+        ids = read_tokens(params.paths.tokens / "train.bin")
+        manifest = demo_tokens.manifest           # data/tokens/manifest.json, as a dict
+
+Treat its files as read-only (they are shared by every test of the session): copy what you
+modify, or derive new paths with `demo_tokens.with_paths(tmp_path, "reports", "checkpoints")`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline import demo_corpus, params as params_module, tokenize
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
+
+# Tests never reach the network: a stray hub download fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class DemoTokens:
+    params: params_module.Params   # params.yaml + params/demo.yaml, paths under `root`
+    root: Path
+    manifest: dict
+
+    def with_paths(self, base: Path, *names: str) -> params_module.Params:
+        """The same params with the named paths.* moved under `base` (for outputs a test writes)."""
+        paths = self.params.paths.model_copy(update={name: Path(base) / name for name in names})
+        return self.params.model_copy(update={"paths": paths})
+
+
+def demo_params(root: Path, *overrides: str) -> params_module.Params:
+    """params.yaml + params/demo.yaml with every output path under `root`."""
+    paths = {"corpus": "demo", "tokenizer": "tokenizer", "tokens": "tokens", "reports": "reports",
+             "checkpoints": "checkpoints", "model": "model"}
+    sets = [f"paths.{key}={root / value}" for key, value in paths.items()]
+    return params_module.load(DEMO_PARAMS, sets + list(overrides))
+
+
+@pytest.fixture(scope="session")
+def demo_tokens(tmp_path_factory) -> DemoTokens:
+    root = tmp_path_factory.mktemp("demo")
+    params = demo_params(root)
+    demo_corpus.write(params.paths.corpus, demo_corpus.generate())
+    manifest = tokenize.run(params)
+    return DemoTokens(params=params, root=root, manifest=manifest)

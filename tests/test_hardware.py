@@ -1,0 +1,86 @@
+"""The device catalog: every shipped entry loads and is sourced; params can extend it; bad entries
+and unknown names fail with messages that say what to fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import hardware, params as params_module
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = ["cpu", "rtx2050-laptop-4gb", "t4-16gb", "l4-24gb", "a10g-24gb", "a100-40gb", "a100-80gb", "h100-80gb"]
+SOURCED = ["memory_gib", "memory_bandwidth_gbps", "peak_tflops", "bf16_native", "power_watts", "mfu_default"]
+
+
+def cost(**changes):
+    base = params_module.load([ROOT / "params.yaml"]).cost
+    return base.model_copy(update=changes)
+
+
+def test_catalog_holds_every_required_device_with_sources():
+    devices = hardware.catalog()
+    assert set(REQUIRED) <= set(devices)
+    for name, device in devices.items():
+        assert device.memory_bytes > 0 and device.power_watts > 0 and 0 < device.mfu_default <= 1, name
+        assert set(device.peak_flops) == {"fp32", "fp16", "bf16"}, name
+        missing = [k for k in SOURCED if not device.sources.get(k)]
+        assert not missing, f"{name} lacks sources for {missing}"
+        for pricing in ("on_demand", "spot"):
+            if device.usd_per_hour(pricing) is not None:
+                assert device.sources.get(f"usd_per_hour_{pricing}"), f"{name}: {pricing} price without source"
+
+
+def test_catalog_figures_that_plans_depend_on():
+    devices = hardware.catalog()
+    t4 = devices["t4-16gb"]
+    # torch.cuda.is_bf16_supported() says True on a T4 through emulation: the catalog must not
+    assert not t4.bf16_native and t4.peak_flops["fp16"] == 65e12 and t4.peak_flops["fp32"] == 8.1e12
+    assert t4.usd_per_hour("on_demand") == 0.526
+    assert t4.usd_per_hour("spot") < t4.usd_per_hour("on_demand")
+    assert t4.usd_per_hour("colab") == pytest.approx(1.84 * 0.0999)
+    assert devices["rtx2050-laptop-4gb"].bf16_native and devices["rtx2050-laptop-4gb"].memory_bytes < 4 * 2**30
+    assert devices["rtx2050-laptop-4gb"].usd_per_hour("on_demand") is None  # owned
+    cpu = devices["cpu"]
+    assert cpu.kind == "cpu" and not cpu.bf16_native and cpu.usd_per_hour("on_demand") is None
+    assert "measured" in cpu.sources["peak_tflops"]
+    assert devices["h100-80gb"].peak_flops["bf16"] > devices["a100-80gb"].peak_flops["bf16"]
+
+
+def test_get_device_follows_cost_hardware():
+    assert hardware.get_device(cost(hardware="l4-24gb")).name == "l4-24gb"
+
+
+def test_unknown_hardware_lists_the_known_ones():
+    with pytest.raises(PipelineError, match="cost.hardware: unknown device 'v100'") as err:
+        hardware.get_device(cost(hardware="v100"))
+    assert all(name in str(err.value) for name in REQUIRED)
+
+
+def test_extra_hardware_adds_a_device_and_adjusts_a_known_one():
+    spec = {"description": "my workstation GPU", "kind": "cuda", "memory_gib": 11, "memory_bandwidth_gbps": 616,
+            "peak_tflops": {"fp32": 13.4, "fp16": 53.8, "bf16": 13.4}, "bf16_native": False, "power_watts": 250,
+            "usd_per_hour_on_demand": None, "usd_per_hour_spot": None, "colab_units_per_hour": None,
+            "mfu_default": 0.2, "runtime_overhead_gib": 0.4, "sources": {"peak_tflops": "datasheet"}}
+    devices = hardware.catalog({"rtx2080ti": spec, "t4-16gb": {"usd_per_hour_on_demand": 0.35}})
+    assert devices["rtx2080ti"].memory_bytes == 11 * 2**30 and devices["rtx2080ti"].peak_flops["fp16"] == 53.8e12
+    assert devices["t4-16gb"].usd_per_hour("on_demand") == 0.35
+    assert devices["t4-16gb"].peak_flops["fp16"] == 65e12  # the rest of the entry is kept
+    assert hardware.get_device(cost(hardware="rtx2080ti", extra_hardware={"rtx2080ti": spec})).kind == "cuda"
+
+
+def test_bad_extra_hardware_names_each_field():
+    with pytest.raises(PipelineError) as err:
+        hardware.catalog({"mygpu": {"kind": "cuda", "memory_gib": 8},
+                          "t4-16gb": {"usd_per_hour_spot": 0, "mfu_default": 1.5}})
+    message = str(err.value)
+    assert "cost.extra_hardware.mygpu.peak_tflops: missing" in message
+    assert "cost.extra_hardware.mygpu.power_watts: missing" in message
+    assert "cost.extra_hardware.t4-16gb.usd_per_hour_spot" in message and "greater than 0" in message
+    assert "cost.extra_hardware.t4-16gb.mfu_default" in message
+
+
+def test_extra_hardware_entry_must_be_a_mapping():
+    with pytest.raises(PipelineError, match="cost.extra_hardware.gpu must be a mapping"):
+        hardware.catalog({"gpu": 42})

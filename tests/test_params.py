@@ -1,0 +1,88 @@
+"""Params: shipped files load, overlays and --set merge, and every problem is reported at once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import params as P
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ROOT / "params.yaml"
+DEMO = ROOT / "params" / "demo.yaml"
+
+
+@pytest.mark.parametrize("files", [[BASE], [BASE, DEMO]], ids=["params.yaml", "demo overlay"])
+def test_shipped_params_load(files):
+    params = P.load(files)
+    assert params.model.n_embd % params.model.n_head == 0
+    assert params.tokenizer.vocab_size <= 2**16        # the defaults keep uint16 token files
+
+
+def test_every_demo_key_exists_in_params_yaml():
+    base, demo = P.flatten(P.merge_files([BASE])), P.flatten(P.merge_files([DEMO]))
+    assert set(demo) <= set(base)
+
+
+def test_overlay_merges_sections_key_by_key():
+    base, demo = P.load([BASE]), P.load([BASE, DEMO])
+    assert demo.model.n_layer == 4 and demo.model.context == 256      # from the overlay
+    assert demo.train.beta2 == base.train.beta2                       # untouched keys survive
+    assert demo.paths.tokens == base.paths.tokens
+    assert demo.paths.corpus == Path("data/demo") != base.paths.corpus
+
+
+def test_set_overrides_files_and_parses_yaml_values():
+    params = P.load([BASE, DEMO], ["train.lr=3e-4", "cost.budget_usd=null", "train.compile=true",
+                                   "train.micro_batch_size=8", "cost.hardware=a100-80gb",
+                                   "data.text_field=content"])
+    assert params.train.lr == 3e-4 and params.cost.budget_usd is None and params.train.compile is True
+    assert params.train.micro_batch_size == 8 and params.cost.hardware == "a100-80gb"
+    assert params.data.text_field == "content"
+
+
+def test_all_problems_are_reported_at_once_each_naming_its_key():
+    with pytest.raises(PipelineError) as info:
+        P.load([BASE], ["data.val_fraction=1.5", "model.n_head=5", "train.lr=-1", "tokenizer.vocab_szie=10",
+                        "data.format=csv"])
+    message = str(info.value)
+    assert message.startswith("5 problem(s) in")
+    for key in ("data.val_fraction", "model:", "n_head (5)", "train.lr", "tokenizer.vocab_szie: unknown key",
+                "data.format"):
+        assert key in message, key
+
+
+def test_unknown_sections_and_missing_keys(tmp_path):
+    (tmp_path / "extra.yaml").write_text("tokenise:\n  vocab_size: 10\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="tokenise: unknown key"):
+        P.load([BASE, tmp_path / "extra.yaml"])
+    (tmp_path / "partial.yaml").write_text("paths:\n  corpus: x\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"data: missing"):
+        P.load([tmp_path / "partial.yaml"])
+
+
+def test_params_are_frozen():
+    params = P.load([BASE])
+    with pytest.raises(Exception):
+        params.train.lr = 1.0
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    ("a: [unclosed\n", "not valid YAML"),
+    ("- a list\n", "must hold a mapping"),
+])
+def test_bad_params_files(tmp_path, content, message):
+    path = tmp_path / "p.yaml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(PipelineError, match=message):
+        P.load([path])
+
+
+def test_bad_set_syntax():
+    with pytest.raises(PipelineError, match="expected dotted.key=value"):
+        P.load([BASE], ["train.lr"])
+    with pytest.raises(PipelineError, match=r"train\.lr\.x=1.: lr is not a section"):
+        P.load([BASE], ["train.lr.x=1"])

@@ -1,0 +1,212 @@
+"""The train stage in-process: learning, outputs, accumulation, precisions, plan, stopping rules."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline import checkpoint as ckpt
+from pipeline import train
+from pipeline.batches import TrainWindows, stack_windows, val_starts
+from pipeline.errors import PipelineError
+from pipeline.model import count_parameters
+from pipeline.tokens import read_tokens
+from trainkit import final_weights, manifest, max_difference, report, tiny_params, train_losses
+
+
+def test_windows_cover_an_epoch_once_and_do_not_depend_on_the_layout(demo_tokens):
+    path = demo_tokens.params.paths.tokens / "train.bin"
+    windows = TrainWindows(path, context=1024, seqs_per_step=24, seed=5)
+    per_epoch = -(-windows.windows // 24)  # steps that cover one epoch
+    starts = np.concatenate([windows.starts(s, 0, 24) for s in range(per_epoch)])[:windows.windows]
+    assert sorted(starts) == list(np.arange(windows.windows) * 1024)  # every window once, none twice
+    one = np.concatenate([windows.batch(3, m, 0, 1, 4)[0] for m in range(6)])
+    two = np.concatenate([windows.batch(3, m, r, 2, 3)[0] for m in range(4) for r in range(2)])
+    assert sorted(map(tuple, one.tolist())) == sorted(map(tuple, two.tolist()))
+    x, y = windows.batch(3, 0, 0, 1, 4)
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one token
+    other = TrainWindows(path, context=1024, seqs_per_step=24, seed=6)
+    assert not np.array_equal(other.starts(0, 0, 24), windows.starts(0, 0, 24))
+
+
+def test_learns_well_below_the_unigram_entropy_and_writes_every_output(demo_tokens, tmp_path):
+    params = tiny_params(demo_tokens, tmp_path, "train.max_steps=100", "train.eval_every=50",
+                         "train.checkpoint_every=20", "train.keep_last=2")
+    result = train.run(params)
+    entropy = demo_tokens.manifest["unigram_entropy_nats"]
+
+    assert result == report(tmp_path)
+    assert (result["steps"], result["tokens"], result["stop_reason"]) == (100, 51_200, "max_steps")
+    val = {e["step"]: e["loss"] for e in result["loss"]["val"]}
+    assert sorted(val) == [20, 40, 50, 60, 80, 100]  # eval_every, plus every checkpoint
+    assert val[100] < entropy - 0.5, (val, entropy)  # a unigram model cannot get below the entropy
+    assert result["precision"] == "fp32" and result["micro_batch_size"] == 8 and result["grad_accum_steps"] == 1
+    assert result["tokens_per_second"] > 0 and result["wall_hours"] > 0 and result["peak_memory_bytes"] > 2**20
+    assert result["mfu"] is not None and 0 < result["mfu"] < 1 and result["mfu_device"] == "cpu"
+    assert result["git_revision"] is not None and result["versions"]["torch"].startswith("2.")
+
+    index = manifest(tmp_path)
+    assert index["latest"] == "step-000100" and index == result["checkpoints"]
+    best = min(index["checkpoints"], key=lambda e: e["val_loss"])
+    assert index["best"] == best["dir"] and len(index["checkpoints"]) <= 3  # keep_last 2 + best
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == [e["dir"] for e in index["checkpoints"]]
+    for entry in index["checkpoints"]:
+        ckpt.verify(tmp_path / "checkpoints" / entry["dir"])
+
+    metrics = tmp_path / "reports" / "train_live" / "plots" / "metrics"
+    assert len((metrics / "train" / "loss.tsv").read_text().splitlines()) == 1 + 100
+    assert len((metrics / "val" / "loss.tsv").read_text().splitlines()) == 1 + 6
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model", local_files_only=True)
+    assert count_parameters(model) == result["parameters"]
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == model.config.eos_token_id == \
+        demo_tokens.manifest["eot_token_id"]
+    val_file = demo_tokens.params.paths.tokens / "val.bin"
+    x, y = stack_windows(read_tokens(val_file), val_starts(val_file, 64, 16), 64)
+    with torch.no_grad():
+        loss = F.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten()).item()
+    assert loss == pytest.approx(val[100], abs=1e-4)  # the exported model is the final one
+
+
+def test_micro_batch_2_x_accumulation_4_matches_8_x_1(demo_tokens, tmp_path):
+    runs = {}
+    for micro in (2, 8):
+        base = tmp_path / f"micro{micro}"
+        result = train.run(tiny_params(demo_tokens, base, f"train.micro_batch_size={micro}", "train.max_steps=6"))
+        assert result["grad_accum_steps"] == 8 // micro
+        runs[micro] = base
+    assert max_difference(final_weights(runs[2]), final_weights(runs[8])) < 2e-5
+    assert train_losses(runs[2]) == pytest.approx(train_losses(runs[8]), abs=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_fp16_and_bf16_train_on_cpu_and_say_so(demo_tokens, tmp_path, precision):
+    # this CPU has no native bf16 and emulates half matmuls slowly: keep it to a few small steps
+    result = train.run(tiny_params(demo_tokens, tmp_path, f"train.precision={precision}", "train.max_steps=8",
+                                   "train.tokens_per_step=256", "train.micro_batch_size=4", "train.eval_every=8",
+                                   "train.checkpoint_every=8", "train.eval_batches=1"))
+    assert result["precision"] == precision
+    losses = train_losses(tmp_path)
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.3
+    scaler = tmp_path / "checkpoints" / "step-000008" / "scaler.pt"
+    assert scaler.is_file() == (precision == "fp16")  # dynamic loss scaling only for fp16
+    if precision == "fp16":
+        assert ckpt.load_state(scaler.parent, "scaler")["scale"] > 0
+
+
+def test_a_precision_that_does_not_run_is_never_claimed(demo_tokens, tmp_path, monkeypatch):
+    from contextlib import nullcontext
+
+    monkeypatch.setattr(train.Trainer, "_autocast", lambda self: nullcontext())  # autocast silently off
+    with pytest.raises(PipelineError, match="asked for fp16 but the model computed in fp32"):
+        train.run(tiny_params(demo_tokens, tmp_path, "train.precision=fp16", "train.max_steps=1"))
+
+
+def test_activation_checkpointing_changes_memory_not_results(demo_tokens, tmp_path):
+    losses = {}
+    for flag in ("true", "false"):
+        base = tmp_path / flag
+        result = train.run(tiny_params(demo_tokens, base, f"train.activation_checkpointing={flag}", "train.max_steps=3"))
+        assert result["activation_checkpointing"] is (flag == "true")
+        losses[flag] = train_losses(base)
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-6)
+
+
+def test_auto_values_come_from_the_plan_or_documented_defaults(demo_tokens, tmp_path, capsys):
+    auto = ("train.micro_batch_size=auto", "train.precision=auto", "train.activation_checkpointing=auto",
+            "train.max_steps=1")
+    result = train.run(tiny_params(demo_tokens, tmp_path / "noplan", *auto))
+    assert "plan.json not found" in capsys.readouterr().out
+    assert (result["micro_batch_size"], result["precision"], result["activation_checkpointing"]) == (8, "fp32", False)
+
+    plan = {"device": "cpu", "micro_batch_size": 4, "grad_accum_steps": 2, "precision": "fp32",
+            "activation_checkpointing": True, "tokens_per_step": 512}
+    (tmp_path / "plan" / "reports").mkdir(parents=True)
+    (tmp_path / "plan" / "reports" / "plan.json").write_text(json.dumps(plan))
+    result = train.run(tiny_params(demo_tokens, tmp_path / "plan", *auto))
+    assert (result["micro_batch_size"], result["grad_accum_steps"], result["activation_checkpointing"]) == (4, 2, True)
+    assert "plan.json" in result["settings_from"]
+
+    plan["micro_batch_size"] = 3
+    (tmp_path / "plan" / "reports" / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(PipelineError, match="plan.json"):
+        train.run(tiny_params(demo_tokens, tmp_path / "plan", *auto))
+
+
+def test_early_stopping_on_a_planted_plateau(demo_tokens, tmp_path):
+    # lr ~ 0: the val loss cannot move, so every validation after the first is "no improvement"
+    result = train.run(tiny_params(demo_tokens, tmp_path, "train.lr=1e-9", "train.min_lr=0", "train.max_steps=50",
+                                   "train.eval_every=2", "train.patience=2", "train.min_delta=0.01"))
+    assert result["stop_reason"] == "early_stopping"
+    assert result["steps"] == 6  # best at 2, no better at 4 and 6
+    assert manifest(tmp_path)["latest"] == "step-000006"
+
+
+@pytest.mark.parametrize("key", ["target_val_loss", "target_perplexity"])
+def test_a_target_loss_stops_the_run(demo_tokens, tmp_path, key):
+    target = 7.0  # the untrained model starts near ln(vocab) = 8.15 and passes 7 within ~10 steps
+    value = target if key == "target_val_loss" else math.exp(target)
+    result = train.run(tiny_params(demo_tokens, tmp_path, f"train.{key}={value}", "train.max_steps=200",
+                                   "train.eval_every=2"))
+    assert result["stop_reason"] == key
+    assert result["steps"] < 200 and result["steps"] % 2 == 0
+    assert result["loss"]["val"][-1]["loss"] <= target < result["loss"]["val"][-2]["loss"]
+
+
+# a spike is judged against the last train.SPIKE_WINDOW (20) losses, so it is planted after them
+@pytest.mark.parametrize("fault, first_bad_step, last_good, reason", [("nan", 8, 5, "nonfinite_loss"),
+                                                                     ("spike", 23, 20, "loss_spike")])
+def test_a_diverging_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(demo_tokens, tmp_path, monkeypatch, fault,
+                                                                            first_bad_step, last_good, reason):
+    build = train.build_model
+
+    def faulty_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        calls = {"n": 0}
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] >= first_bad_step:  # one training forward per step (accumulation 1)
+                    return output * (math.nan if fault == "nan" else 30.0)
+            return output
+
+        model.transformer.ln_f.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train, "build_model", faulty_build)
+    params = tiny_params(demo_tokens, tmp_path, "train.max_steps=40", "train.max_nonfinite_steps=3",
+                         "train.checkpoint_every=5", "train.eval_every=5")
+    good = f"step-{last_good:06d}"
+    with pytest.raises(train.TrainingDiverged, match=good) as err:
+        train.run(params)
+    assert "lower train.lr" in str(err.value).lower()
+    assert report(tmp_path)["stop_reason"] == reason
+    assert manifest(tmp_path)["latest"] == good
+    ckpt.verify(tmp_path / "checkpoints" / good)
+    assert not (tmp_path / "model").exists()
+
+
+def test_checkpoints_of_another_run_are_refused_and_a_longer_run_resumes(demo_tokens, tmp_path):
+    train.run(tiny_params(demo_tokens, tmp_path, "train.max_steps=2", "train.checkpoint_every=2"))
+    with pytest.raises(PipelineError, match=r"model.n_layer was 2, now 3.*delete"):
+        train.run(tiny_params(demo_tokens, tmp_path, "model.n_layer=3", "train.max_steps=2"))
+    with pytest.raises(PipelineError, match="train.lr was 0.02, now 0.03"):
+        train.run(tiny_params(demo_tokens, tmp_path, "train.lr=0.03", "train.max_steps=2"))
+    result = train.run(tiny_params(demo_tokens, tmp_path, "train.max_steps=4", "train.checkpoint_every=2"))
+    assert (result["resumed_from"], result["steps"]) == ("step-000002", 4)
+    assert len(result["loss"]["val"]) == 2 and len(train_losses(tmp_path)) == 4
+
+
+@pytest.mark.parametrize("limit, steps, reason", [("train.max_tokens=2048", 4, "max_tokens"),
+                                                  ("train.max_hours=1e-9", 1, "max_hours")])
+def test_token_and_wall_clock_limits_stop_the_run(demo_tokens, tmp_path, limit, steps, reason):
+    result = train.run(tiny_params(demo_tokens, tmp_path, limit, "train.max_steps=50"))
+    assert (result["stop_reason"], result["steps"]) == (reason, steps)
+    assert manifest(tmp_path)["latest"] == f"step-{steps:06d}"  # the end is always checkpointed
