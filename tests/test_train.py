@@ -193,15 +193,19 @@ def test_a_diverging_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(demo_
     assert not (tmp_path / "model").exists()
 
 
-def test_checkpoints_of_another_run_are_refused_and_a_longer_run_resumes(demo_tokens, tmp_path):
+def test_checkpoints_of_another_run_are_kept_aside_and_a_longer_run_resumes(demo_tokens, tmp_path):
     train.run(tiny_params(demo_tokens, tmp_path, "train.max_steps=2", "train.checkpoint_every=2"))
-    with pytest.raises(PipelineError, match=r"model.n_layer was 2, now 3.*delete"):
-        train.run(tiny_params(demo_tokens, tmp_path, "model.n_layer=3", "train.max_steps=2"))
-    with pytest.raises(PipelineError, match="train.lr was 0.02, now 0.03"):
-        train.run(tiny_params(demo_tokens, tmp_path, "train.lr=0.03", "train.max_steps=2"))
-    result = train.run(tiny_params(demo_tokens, tmp_path, "train.max_steps=4", "train.checkpoint_every=2"))
+    first = (tmp_path / "checkpoints" / "step-000002" / "model.safetensors").read_bytes()
+    other = train.run(tiny_params(demo_tokens, tmp_path, "train.lr=0.03", "train.max_steps=2"))
+    assert other["resumed_from"] is None and other["steps"] == 2  # a new run, from step 0
+    aside = tmp_path / "checkpoints" / "previous-runs" / "run-1"
+    assert (aside / "step-000002" / "model.safetensors").read_bytes() == first  # nothing lost
+    assert "train.lr was 0.02, now 0.03" in (aside / "WHY.txt").read_text()
+    result = train.run(tiny_params(demo_tokens, tmp_path, "train.lr=0.03", "train.max_steps=4",
+                                   "train.checkpoint_every=2"))
     assert (result["resumed_from"], result["steps"]) == ("step-000002", 4)
     assert len(result["loss"]["val"]) == 2 and len(train_losses(tmp_path)) == 4
+    assert manifest(tmp_path)["latest"] == "step-000004"
 
 
 @pytest.mark.parametrize("limit, steps, reason", [("train.max_tokens=2048", 4, "max_tokens"),
