@@ -27,6 +27,9 @@ $(STAMP): requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	rm -f $(VENV)/.installed-* && touch $@
 
+# The stage commands call `python`: the venv's, as if it were activated.
+demo test: export PATH := $(CURDIR)/$(BIN):$(PATH)
+
 demo: setup
 	$(BIN)/python -m pipeline demo-corpus $(DEMO_PARAMS)
 	$(BIN)/snakemake --profile profiles/cpu --configfile params/demo.yaml

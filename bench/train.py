@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train.py --nanogpt DIR [--rounds 2] [--configs tiny,gpt2] [--precisions fp32,bf16]
                                     [--steps WARMUP,MEASURED]   # default: per config, see CONFIGS
+    .venv/bin/python bench/train.py --ab tiny fp32 [--steps 2,20]  # loop overhead, one process
 
 DIR is a nanoGPT checkout (train.py, model.py, configurator.py); its files are copied to a
 temporary directory and run there, nothing of it is kept. Without --nanogpt that column is skipped.
@@ -14,6 +15,9 @@ Every measurement is a fresh child process; implementations are interleaved in e
 the table shows the median over rounds of each run's median step time (warm-up steps dropped).
 The stage's overheads are measured separately: building a step's batches from the memory map,
 DVCLive logging per step, and one checkpoint save spread over params.yaml's checkpoint_every.
+--ab alternates the stage's own step (Trainer._train_step: windows from the memory map, DVCLive,
+tqdm, loss reduction) with a bare step on the same model and batch in one process, step by step,
+so load from other processes hits both alike: the loop's overhead without the noise.
 Heavy (GPT-2 124M on 2 cores): run it by hand on an otherwise idle machine, never in CI.
 """
 from __future__ import annotations
@@ -90,6 +94,8 @@ def child(impl: str, config: str, precision: str, data: Path, nanogpt: Path | No
     try:
         if impl == "pipeline":
             return run_pipeline(params, work, warmup)
+        if impl == "ab":
+            return run_ab(params, data, warmup, steps)
         return run_minimal(params, warmup, steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -151,6 +157,46 @@ def run_minimal(params, warmup: int, steps: int) -> dict:
     return {"times": times[warmup:], "precision": cfg.precision}
 
 
+def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+
+    from pipeline import train
+    from pipeline.trainlog import Meter, TrainLog
+    from pipeline.trainsetup import resolve_setup
+
+    manifest = json.loads((params.paths.tokens / "manifest.json").read_text())
+    accelerator = Accelerator(cpu=True)
+    setup = resolve_setup(params, params.paths.reports / "no-plan.json", "cpu", 1)
+    stage = train.Trainer(params, setup, accelerator, manifest, params.paths.tokens, data / "tokenizer")
+    stage.meter = Meter(params, setup, manifest["vocab_size"], accelerator.device)
+    stage.log = TrainLog(params.paths.reports / "train_live", True, params.train, 0)
+    model, optimizer = stage.raw, stage.optimizer
+    x, y = stage.windows.batch(0, 0, 0, 1, setup.micro_batch_size)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[setup.precision]
+
+    def bare() -> None:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = F.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), params.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+
+    stage_times, bare_times = [], []
+    for _ in range(warmup + steps):
+        for step, times in ((stage._train_step, stage_times), (bare, bare_times)):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+    stage.log.close()
+    return {"stage": stage_times[warmup:], "bare": bare_times[warmup:],
+            "ratio_of_medians": statistics.median(bare_times[warmup:]) / statistics.median(stage_times[warmup:]),
+            "median_of_pair_ratios": statistics.median(b / a for a, b in zip(stage_times[warmup:], bare_times[warmup:]))}
+
+
 def run_nanogpt(source: Path, tokens: Path, config: str, warmup: int, steps: int) -> dict:
     import numpy as np
 
@@ -189,11 +235,14 @@ def main() -> None:
     parser.add_argument("--configs", default="tiny,gpt2")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--steps", help="WARMUP,MEASURED steps per run, overriding the config's")
+    parser.add_argument("--ab", nargs=2, metavar=("CONFIG", "PRECISION"), help="stage step vs bare step, interleaved")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "CONFIG", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path[0] = str(ROOT)  # not bench/: its tokenize.py would shadow the standard library's
     OUT.mkdir(parents=True, exist_ok=True)
     data = prepare_tokens()
+    if args.ab:
+        args.child = ["ab", *args.ab]
     if args.child:
         impl, config, precision = args.child
         warmup, steps = map(int, args.steps.split(",")) if args.steps else CONFIGS[config][5:7]

@@ -274,8 +274,9 @@ class Trainer:
             write_json(self.params.paths.reports / "train.json",
                        self._report(reason) | {"stop_message": what})
         raise TrainingDiverged(f"training stopped: {what}; {keep}. Rerunning with another train.precision "
-                               "(fp16 overflows first) resumes from it; to start over with a lower train.lr or "
-                               f"more train.warmup_steps, delete {self.root}/ first")
+                               "(fp16 overflows first) resumes from it; a lower train.lr or more "
+                               f"train.warmup_steps starts a new run (the old checkpoints move to "
+                               f"{self.root}/previous-runs/)")
 
     def _interrupted(self) -> None:
         signum = int(self.caught["signum"])
