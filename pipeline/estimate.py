@@ -58,6 +58,7 @@ def run(params: Params, manifest: str | Path | None = None, tokenizer: str | Pat
     manifest_path = Path(manifest or params.paths.tokens / "manifest.json")
     tokenizer_path = Path(tokenizer or params.paths.tokenizer / "tokenizer.json")
     tokens_info = read_manifest(manifest_path, tokenizer_path)
+    check_windows(tokens_info, params.model.context, manifest_path)
     vocab = int(tokens_info["vocab_size"])
     cost = params.cost
     devices = hardware.catalog(cost.extra_hardware)
@@ -143,6 +144,18 @@ def read_manifest(manifest_path: Path, tokenizer_path: Path) -> dict[str, Any]:
         raise PipelineError(f"token manifest {manifest_path} says vocab_size {manifest['vocab_size']} but "
                             f"{tokenizer_path} has {vocab} tokens: rerun the tokenize stage")
     return manifest
+
+
+def check_windows(manifest: dict[str, Any], context: int, manifest_path: Path) -> None:
+    """Both splits must hold one training window. Checked here, not in tokenize, so that a
+    model.context change does not retokenize the corpus."""
+    for name in ("val", "train"):   # val first: it is the smaller, the one to grow
+        tokens = int(manifest.get(f"{name}_tokens", 0))
+        if tokens < context + 1:
+            raise PipelineError(
+                f"the corpus is too small for one context window: its {name} split has {tokens} tokens "
+                f"({manifest_path}), and model.context {context} needs at least {context + 1}: add text "
+                "to the corpus, raise data.val_fraction (for val), or lower model.context")
 
 
 def _check_settings(params: Params, device: Device) -> None:

@@ -58,7 +58,6 @@ def run(params: Params, corpus: str | Path | None = None, tokenizer_dir: str | P
         dtype = dtype_for_vocab(tokenizer.get_vocab_size())
         splits = _encode(source, tokenizer, tokens_stage, dtype)
         _check_counts(corpus, splits["train"].documents, splits["val"].documents)
-        _check_windows(corpus, splits, params.model.context)
         manifest = _manifest(params, splits, tokenizer, dtype, tok_stage, tokens_stage, source.replacements)
         write_json(tokens_stage / "manifest.json", manifest)
     _print_summary(corpus, manifest, sample, time.perf_counter() - started)
@@ -256,16 +255,6 @@ def _check_counts(corpus: str | Path, train_documents: int, val_documents: int) 
                                 "data.val_fraction or add documents")
 
 
-def _check_windows(corpus: Path, splits: dict[str, _Split], context: int) -> None:
-    for name in ("val", "train"):   # val first: it is the smaller, the one to grow
-        split = splits[name]
-        if split.tokens < context + 1:
-            raise PipelineError(
-                f"corpus {corpus} is too small for one context window: its {name} split has "
-                f"{split.tokens} tokens, and model.context {context} needs at least {context + 1}: "
-                "add text, raise data.val_fraction (for val), or lower model.context")
-
-
 def _manifest(params: Params, splits: dict[str, _Split], tokenizer: Tokenizer, dtype: np.dtype,
               tok_dir: Path, tokens_dir: Path, replacements: int) -> dict:
     train, val = splits["train"], splits["val"]
@@ -285,8 +274,7 @@ def _manifest(params: Params, splits: dict[str, _Split], tokenizer: Tokenizer, d
         "tokenizer_sha256": _sha256(tok_dir / "tokenizer.json"),
         "unigram_entropy_nats": round(_entropy(train.counts), 6),
         "invalid_utf8_replacements": replacements,
-        **provenance.record({name: params.section(name) for name in ("paths", "data", "tokenizer")}
-                            | {"model": {"context": params.model.context}}),
+        **provenance.record({name: params.section(name) for name in ("paths", "data", "tokenizer")}),
     }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline import params as params_module, tokenize
+from pipeline import estimate, params as params_module, tokenize
 from pipeline.corpus import Corpus, is_val
 from pipeline.errors import PipelineError
 from pipeline.tokens import TokenWriter, read_header, read_tokens
@@ -118,15 +118,19 @@ def test_vocabulary_too_small_or_too_large(tmp_path, vocab, message):
     assert not (tmp_path / "tokens").exists() and not (tmp_path / "tokenizer").exists()
 
 
-def test_a_corpus_too_small_for_one_context_window(tmp_path):
+def test_a_corpus_too_small_for_one_context_window_stops_before_training(tmp_path):
+    """Checked by estimate, the first stage that reads model.context: changing the context must
+    not retokenize the corpus."""
     write_corpus(tmp_path, DOCS)
-    with pytest.raises(PipelineError, match=r"corpus .*corpus is too small for one context window: its "
-                                            r"val split has \d+ tokens, and model\.context 4096"):
-        tokenize.run(small_params(tmp_path, "model.context=4096"))
-    assert not (tmp_path / "tokens").exists() and not (tmp_path / "tokenizer").exists()
-    # most documents held out: now train is the split too small for the window
-    with pytest.raises(PipelineError, match=r"its train split has \d+ tokens, and model\.context 1000"):
-        tokenize.run(small_params(tmp_path, "data.val_fraction=0.9", "model.context=1000"))
+    manifest = tokenize.run(small_params(tmp_path))
+    path = tmp_path / "tokens" / "manifest.json"
+    with pytest.raises(PipelineError, match=r"too small for one context window: its val split has "
+                                            rf"{manifest['val_tokens']} tokens .*model\.context 4096"):
+        estimate.check_windows(manifest, 4096, path)
+    train = manifest["train_tokens"]
+    with pytest.raises(PipelineError, match=rf"its train split has {train} tokens .*model\.context {train}"):
+        estimate.check_windows(dict(manifest, val_tokens=10 * train), train, path)
+    estimate.check_windows(manifest, 8, path)  # both splits hold a window of 8
 
 
 def test_a_val_fraction_that_leaves_no_val_documents(tmp_path):
