@@ -9,7 +9,6 @@ checkpoint or a hidden staging directory that the next run removes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_model
 
 from pipeline.atomic import staging_dir, write_json
+from pipeline.provenance import file_sha256
 
 SUMS = "SHA256SUMS"
 WEIGHTS = "model.safetensors"
@@ -45,7 +45,7 @@ def save(root: Path, step: int, model: torch.nn.Module, states: dict[str, Any], 
             torch.save(state, stage / f"{name}.pt")
         write_json(stage / "meta.json", meta)
         write_json(stage / "history.json", history)
-        lines = [f"{_sha256(f)}  {f.name}\n" for f in sorted(stage.iterdir())]
+        lines = [f"{file_sha256(f)}  {f.name}\n" for f in sorted(stage.iterdir())]
         (stage / SUMS).write_text("".join(lines), encoding="utf-8")
     return final
 
@@ -66,7 +66,7 @@ def verify(path: Path) -> None:
         file = path / name
         if not file.is_file():
             raise CorruptCheckpoint(f"{path.name}/{name} is missing")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise CorruptCheckpoint(f"{path.name}/{name} does not match its sha256 (truncated or altered)")
 
 
@@ -163,11 +163,3 @@ def _free_name(path: Path) -> Path:
     while candidate.exists():
         candidate, n = path.with_name(f"{path.name}.{n}"), n + 1
     return candidate
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

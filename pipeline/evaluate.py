@@ -165,13 +165,13 @@ def check_tokenizer(tok, model_dir: Path, reference_dir: Path, manifest: dict[st
     """The model's tokenizer must turn text into the ids the token files hold."""
     expected = manifest["tokenizer_sha256"]
     own_file = model_dir / "tokenizer.json"
-    if own_file.is_file() and _sha256(own_file) == expected:
+    if own_file.is_file() and provenance.file_sha256(own_file) == expected:
         return
     ref_file = reference_dir / "tokenizer.json"
     if not ref_file.is_file():
         raise PipelineError(f"cannot check the tokenizer of {model_dir}: its tokenizer.json differs from the "
                             f"one in the token manifest and {ref_file} (paths.tokenizer) is missing")
-    if _sha256(ref_file) != expected:
+    if provenance.file_sha256(ref_file) != expected:
         raise PipelineError(f"{ref_file} is not the tokenizer the token files were made with "
                             "(sha256 differs from the manifest's tokenizer_sha256): rerun the tokenize stage")
     ours = _encoding_parts(tok.backend_tokenizer.to_str())
@@ -382,13 +382,6 @@ def describe_model(net: PreTrainedModel, model_dir: Path, fingerprint: str) -> d
     return {"dir": str(model_dir), "parameters": count_parameters(net),
             **{k: config[k] for k in keys if k in config}, "weights_sha256": fingerprint}
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,6 +1,7 @@
 """What made an output: the params, package versions and git revision, recorded beside it."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from functools import lru_cache
@@ -36,3 +37,12 @@ def git_revision(cwd: str | Path = ".") -> str | None:
 def record(params_sections: dict[str, Any]) -> dict[str, Any]:
     """The provenance block every stage writes into its report or manifest."""
     return {"params": params_sections, "versions": package_versions(), "git_revision": git_revision()}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (token files and checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -9,7 +9,6 @@ output directories appear whole, together, or not at all.
 """
 from __future__ import annotations
 
-import hashlib
 import queue
 import resource
 import threading
@@ -270,8 +269,8 @@ def _manifest(params: Params, splits: dict[str, _Split], tokenizer: Tokenizer, d
         "vocab_size": vocab_size,
         "dtype": dtype.name,
         "eot_token_id": eot_token_id,
-        "sha256": {name: _sha256(tokens_dir / name) for name in ("train.bin", "val.bin")},
-        "tokenizer_sha256": _sha256(tok_dir / "tokenizer.json"),
+        "sha256": {name: provenance.file_sha256(tokens_dir / name) for name in ("train.bin", "val.bin")},
+        "tokenizer_sha256": provenance.file_sha256(tok_dir / "tokenizer.json"),
         "unigram_entropy_nats": round(_entropy(train.counts), 6),
         "invalid_utf8_replacements": replacements,
         **provenance.record({name: params.section(name) for name in ("paths", "data", "tokenizer")}),
@@ -282,13 +281,6 @@ def _entropy(counts: np.ndarray) -> float:
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _peak_rss_mb() -> float:
