@@ -60,7 +60,7 @@ for stage in STAGES:
         name:
             stage.name
         input:
-            [path(d) for d in stage.all_deps],
+            [ancient(path(d)) if d in stage.content_deps else path(d) for d in stage.all_deps],
         output:
             [declared(o) for o in stage.outs + stage.small_outs + stage.metrics],
         params:

@@ -50,11 +50,14 @@ class Stage:
     small_outs: tuple[str, ...] = ()   # outputs kept in git rather than the DVC cache (reports)
     persistent: tuple[str, ...] = ()   # outputs that survive reruns: resume state, never deleted
     metrics: tuple[str, ...] = ()
+    # deps that are a function of this stage's own params and other deps: rerun on their content
+    # (DVC's way), never on their timestamps, so a budget change does not retrain (Snakefile: ancient)
+    content_deps: tuple[str, ...] = ()
     gpu: bool = False              # holds the GPU: one such job at a time
 
     @property
     def all_deps(self) -> tuple[str, ...]:
-        return code_deps(self.name) + self.deps
+        return code_deps(self.name) + self.deps + self.content_deps
 
     @property
     def command(self) -> str:
@@ -80,8 +83,11 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="train",
-        deps=("{tokens}", "{tokenizer}", "{reports}/plan.json"),
-        params=("paths", "model", "train", "cost.hardware", "cost.extra_hardware"),
+        deps=("{tokens}", "{tokenizer}"),
+        # every key the plan depends on, so that the plan changes only when these do
+        params=("paths", "model", "train", "cost.hardware", "cost.extra_hardware",
+                "cost.memory_headroom", "cost.num_devices"),
+        content_deps=("{reports}/plan.json",),
         outs=("{model}",),
         small_outs=("{reports}/train_live",),
         persistent=("{checkpoints}",),

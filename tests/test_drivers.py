@@ -104,6 +104,8 @@ def test_reruns_exactly_the_stages_a_change_touches(project, driver):
         assert not plots.get("errors") and {"loss", "checkpoints", "estimate_vs_actual"} <= set(plots["data"])
     _set(work, "evaluate.max_new_tokens", 9)
     assert ran(work) == ["evaluate"]
+    _set(work, "cost.budget_usd", 2.0)  # the gate moves, the plan does not: no retraining
+    assert ran(work) == ["estimate", "evaluate"]
     _set(work, "train.lr", 0.001)
     assert ran(work) == ["train", "evaluate"]
     _set(work, "tokenizer.vocab_size", 600)
