@@ -17,23 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from checkout import TINY, copy_checkout
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "docker" / "podman-build.sh"
 BASE = "localhost/budgetgpt-base:bookworm"
 IMAGE = "localhost/budgetgpt:test-cpu"  # its own tag: the test never replaces an image a person built
-SKIP = shutil.ignore_patterns(".venv", ".git", "data", "checkpoints", "models", "reports", "logs",
-                              ".snakemake", "cache", "tmp", "__pycache__", ".pytest_cache", "dvclive")
-TINY = {
-    "tokenizer": {"vocab_size": 512},
-    "model": {"n_layer": 2, "n_embd": 64, "n_head": 2, "context": 64},
-    "train": {"tokens_per_step": 512, "max_steps": 6, "warmup_steps": 2, "eval_every": 3,
-              "eval_batches": 2, "checkpoint_every": 3, "log_every": 1},
-    "evaluate": {"max_new_tokens": 8, "prompts": ["Bakı", "The"]},
-}
-
-
 def _env() -> dict[str, str]:
     return dict(os.environ, CONTAINERS_CONF=os.environ.get("CONTAINERS_CONF",
                                                              str(ROOT / "docker" / "containers.conf")))
@@ -89,12 +80,7 @@ def test_image_has_the_cli_and_the_locked_tools_and_runs_as_non_root(image):
 
 def test_demo_workflow_runs_in_the_container_on_a_mounted_checkout(image, tmp_path):
     work = tmp_path / "checkout"
-    shutil.copytree(ROOT, work, ignore=SKIP)
-    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY, allow_unicode=True))
-    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@t"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "checkout"]):
-        subprocess.run(git + args, check=True, capture_output=True)
-    revision = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    revision = copy_checkout(work)
     user = _run(["podman", "image", "inspect", "--format", "{{.Config.User}}", image], timeout=60).stdout.strip()
     uid, gid = (int(part) for part in user.split(":"))
     assert uid != 0
@@ -105,7 +91,7 @@ def test_demo_workflow_runs_in_the_container_on_a_mounted_checkout(image, tmp_pa
     podman_run(image, "python", "-m", "pipeline", "demo-corpus", "--params", "params.yaml",
                "--params", "params/demo.yaml", "--size-mb", "0.4", work=work)
     # `--profile cpu` is a bare name: found only because the image installs profiles in /etc/xdg
-    podman_run(image, "snakemake", "--profile", "cpu", "--configfile", "params/demo.yaml", "tiny.yaml",
+    podman_run(image, "snakemake", "--profile", "cpu", "--configfile", "params/demo.yaml", "tests/tiny.yaml",
                work=work, timeout=1200)
 
     outputs = ["data/tokens/train.bin", "data/tokens/manifest.json", "reports/plan.json",
@@ -117,6 +103,7 @@ def test_demo_workflow_runs_in_the_container_on_a_mounted_checkout(image, tmp_pa
         assert (work / out).stat().st_uid == uid, f"{out} not written by the image's user"
     manifest = json.loads((work / "checkpoints/manifest.json").read_text())
     assert manifest["latest"] == "step-000006"
-    assert json.loads((work / "reports/train.json").read_text())["steps"] == TINY["train"]["max_steps"]
+    steps = yaml.safe_load(TINY.read_text())["train"]["max_steps"]
+    assert json.loads((work / "reports/train.json").read_text())["steps"] == steps
     # the image's git read the mounted checkout: outputs record which code made them
     assert revision in (work / "reports/eval.json").read_text()

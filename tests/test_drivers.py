@@ -14,24 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from checkout import ROOT, TINY, copy_checkout
 from pipeline import params as params_module
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ALL = ["tokenize", "estimate", "train", "evaluate"]
-SKIP = shutil.ignore_patterns(".venv", ".git", "data", "checkpoints", "models", "reports", "logs",
-                              ".snakemake", "cache", "tmp", "__pycache__", ".pytest_cache", "bench",
-                              "dvclive")
-
-TINY = {
-    "tokenizer": {"vocab_size": 512},
-    "model": {"n_layer": 2, "n_embd": 64, "n_head": 2, "context": 64},
-    "train": {"tokens_per_step": 512, "max_steps": 6, "warmup_steps": 2, "eval_every": 3,
-              "eval_batches": 2, "checkpoint_every": 3, "log_every": 1},
-    "evaluate": {"max_new_tokens": 8, "prompts": ["Bakı", "The"]},
-}
 
 
 def _env() -> dict[str, str]:
@@ -52,14 +41,9 @@ def project(tmp_path_factory) -> Path:
     """A copy of the repository whose params.yaml is the demo overlay plus tiny sizes, with a small
     demo corpus: DVC reads params.yaml only, so the tiny values must live there."""
     work = tmp_path_factory.mktemp("e2e") / "repo"
-    shutil.copytree(ROOT, work, ignore=SKIP)
-    merged = params_module.merge_files([ROOT / "params.yaml", ROOT / "params" / "demo.yaml"])
-    for section, values in TINY.items():
-        merged[section].update(values)
+    merged = params_module.merge_files([ROOT / "params.yaml", ROOT / "params" / "demo.yaml", TINY])
+    copy_checkout(work)
     (work / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
-    _run(["git", "init", "-q"], work)
-    _run(["git", "add", "-A"], work)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "e2e"], work)
     _run([sys.executable, "-m", "pipeline", "demo-corpus", "--size-mb", "0.4"], work)
     return work
 
