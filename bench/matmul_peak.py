@@ -1,40 +1,77 @@
-"""Peak matmul FLOP/s of this machine per dtype: the `cpu` entry of pipeline/hardware.yaml.
+"""This machine's peak matmul FLOP/s per precision, and the demo model's training MFU against it.
 
-    .venv/bin/python -P bench/matmul_peak.py [--size 2048] [--repeats 5]   # -P: bench/ holds a tokenize.py
+    .venv/bin/python -m bench.matmul_peak [--seconds 1] [--size N]   # from the repository root
+    .venv/bin/python -m bench.matmul_peak --mfu [--steps 10]
 
-Best of `repeats` square matmuls after a warm-up, on torch's default thread count. Run it on a
-quiet machine: other processes on the same cores lower the number.
+The peaks are measured as the `cpu` catalog entry measures them (pipeline.cpuinfo, on the cores
+this process may use), but never cached: `python -m pipeline.cpuinfo --refresh` renews the entry's.
+--size times that one size instead of choosing one. --mfu then times fp32 optimizer steps of
+params/demo.yaml's model (GPT2LMHeadModel, fused AdamW, 16 sequences of 256 tokens: its
+train.tokens_per_step) and divides the model FLOP/s (pipeline.compute.flops_per_token) by the fp32
+peak: the ratio that is the cpu entry's mfu_default. Run it on a quiet machine: other processes on
+the same cores lower both numbers, and not always alike.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+from pipeline import compute, cpuinfo, params as params_module
+from pipeline.model import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
+WARMUP_STEPS = 2
 
 
-def peak(dtype: torch.dtype, size: int, repeats: int) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
+def step_seconds(params: params_module.Params, steps: int) -> tuple[float, float]:
+    """(median, fastest) seconds of `steps` fp32 training steps of the model, after a warm-up."""
+    vocab, context = params.tokenizer.vocab_size, params.model.context
+    model = build_model(params.model, vocab, eos_token_id=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr, fused=True)
+    ids = torch.randint(0, vocab, (params.train.tokens_per_step // context, context + 1))  # speed ignores content
+    times = []
+    for _ in range(WARMUP_STEPS + steps):
         start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+        logits = model(input_ids=ids[:, :-1]).logits
+        F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[WARMUP_STEPS:]), min(times[WARMUP_STEPS:])
+
+
+def report_mfu(steps: int, fp32_peak: float) -> None:
+    params = params_module.load(DEMO_PARAMS)
+    tokens = params.train.tokens_per_step
+    flops = compute.flops_per_token(params.model, params.tokenizer.vocab_size) * tokens
+    median, fastest = step_seconds(params, steps)
+    for name, seconds in (("median", median), ("fastest", fastest)):
+        print(f"demo model, {name} of {steps} steps: {seconds * 1e3:,.0f} ms = {tokens / seconds:,.0f} tokens/s "
+              f"= {flops / seconds / 1e9:,.1f} GFLOP/s, MFU {flops / seconds / fp32_peak:.3f} of the fp32 peak")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=cpuinfo.SECONDS_PER_PRECISION, help="per precision")
+    parser.add_argument("--size", type=int, help="time this square size (default: chosen per precision)")
+    parser.add_argument("--mfu", action="store_true", help="also time the demo model's training steps")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps for --mfu")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        # bf16/fp16 without native support can be ~1000x slower: keep their matrices small
-        size = args.size if dtype == torch.float32 else min(args.size, 512)
-        print(f"{name}: {peak(dtype, size, args.repeats) / 1e9:,.1f} GFLOP/s ({size}x{size})")
+    host = cpuinfo.host()
+    torch.set_num_threads(host["cores"])
+    print(f"{host['model']}: {host['cores_source']}; flags {' '.join(host['flags']) or 'none'}; "
+          f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    peaks = {p: cpuinfo.matmul_peak(p, seconds=args.seconds, size=args.size) for p in cpuinfo.PRECISIONS}
+    for name, run in peaks.items():
+        print(f"{name}: {run['flops'] / 1e9:,.1f} GFLOP/s ({run['size']}x{run['size']}, of sizes {run['sizes']})")
+    if args.mfu:
+        report_mfu(args.steps, peaks["fp32"]["flops"])
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def prepare_tokens() -> Path:
                         [f"paths.corpus={data / 'corpus'}", f"paths.tokenizer={data / 'tokenizer'}",
                          f"paths.tokens={data / 'tokens'}"])
         demo_corpus.write(p.paths.corpus, demo_corpus.generate())
-        tokenize.run(p)
+        run_stage("tokenize", p)
     return data
 
 
@@ -105,7 +105,7 @@ def run_pipeline(params, work: Path, warmup: int) -> dict:
     from pipeline import train
     from pipeline.batches import TrainWindows
 
-    report = train.run(params)
+    report = run_stage("train", params)
     tsv = work / "reports" / "train_live" / "plots" / "metrics" / "train" / "tokens_per_second.tsv"
     rates = [float(line.split("\t")[1]) for line in tsv.read_text().splitlines()[1:]][warmup:]
     seconds = report["seconds"]

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         params = params_module.load(args.params, args.overrides)
         if args.command in TOOLS:
             return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
-        importlib.import_module(STAGES[args.command][0]).run(params)
+        from pipeline.stages import run_stage
+
+        run_stage(args.command, params)
         return 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,6 +31,14 @@ def flops_per_token(model: Model, vocab_size: int) -> float:
     return 6.0 * n + 12.0 * model.n_layer * model.n_head * head_dim * model.context
 
 
+def mfu(tokens_per_second: float, flops_per_token_: float, peak_flops: float, devices: int = 1) -> float:
+    """Model FLOPs utilization, as PaLM (arXiv:2204.02311, appendix B) and nanoGPT define it: model
+    training FLOPs per second over the devices' peak. Recompute from activation checkpointing is
+    not model FLOPs, so it lowers MFU rather than counting as work: the estimate and the train
+    stage use this one definition, so their MFUs compare."""
+    return tokens_per_second * flops_per_token_ / (peak_flops * devices)
+
+
 # ---- memory -------------------------------------------------------------------------------------
 # Peak bytes of one training micro-step of GPT2LMHeadModel as pipeline/train.py runs it: fp32 weights
 # (the master copy), autocast for fp16/bf16, fused AdamW, gradients kept across accumulation, the

@@ -4,6 +4,7 @@
     for piece in corpus.pieces():           # Piece(text, ends_document, is_val)
         ...
     corpus.replacements                      # undecodable bytes replaced by U+FFFD so far
+    corpus.skipped                           # {"broken_symlinks": [path, ...], ...}: left out, warned
 
 Sources: a directory, a glob, or one file of .txt (documents separated by blank lines, or one
 per file: data.txt_documents), .jsonl and .parquet (data.text_field), or a `datasets` dataset
@@ -12,6 +13,13 @@ document longer than data.max_document_chars comes out in pieces, cut at a line 
 is one (a .jsonl record or a row is read whole, so its size bounds memory there). All pieces of a
 document go to the same split, chosen by a hash of its first piece, so the split does not depend on
 file order and a document never straddles train and val.
+
+Nothing is left out without a word. A file or directory that cannot be read, or a dataset that
+does not load, is an error: training on part of the corpus without noticing costs more than
+fixing a permission. Entries that cannot hold text are skipped, listed in `skipped` and counted
+in a warning on stderr, one line per kind: broken symlinks, FIFOs, sockets and devices (opening a
+FIFO would wait forever), and symlinked directories (not followed, as links can loop). Hidden
+entries and, with data.format: auto, files of other suffixes are not corpus and are passed over.
 
 Bytes that are not UTF-8: by default (data.encoding_errors: replace) each becomes U+FFFD and is
 counted, and the count reaches the manifest and the terminal. Large scraped corpora nearly always
@@ -25,13 +33,19 @@ import codecs
 import glob
 import hashlib
 import json
+import os
 import re
+import stat
+import sys
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, NamedTuple
 
 from pipeline.errors import PipelineError
 from pipeline.params import Data
+
+if TYPE_CHECKING:
+    import datasets   # imported where used: it is slow to import and only one format needs it
 
 SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
 READ_BYTES = 1 << 20          # bytes per read from a text file
@@ -41,6 +55,22 @@ _BLANK_LINES = re.compile(r"\n(?:[ \t\f\v]*\n)+")
 # Surrogates never come from valid UTF-8: surrogateescape marks undecodable bytes with them, and a
 # JSON "\ud800" escape produces them. Either way they cannot be encoded, so they are the errors.
 _SURROGATES = re.compile("[\ud800-\udfff]")
+DATASET_FILES = ("dataset_info.json", "state.json")   # a Dataset saved with save_to_disk holds both
+DATASET_DICT_FILE = "dataset_dict.json"
+# What a path in the corpus turns out to be (_kind_of).
+FILE, DIRECTORY, LINKED_DIRECTORY, BROKEN_LINK, SPECIAL = (
+    "file", "directory", "linked directory", "broken link", "special")
+# Kinds skipped with a warning: the key in Corpus.skipped, and how the warning describes them.
+SKIPPED = {
+    BROKEN_LINK: ("broken_symlinks", "broken symlink(s)",
+                  "their targets do not exist: fix or remove the links"),
+    LINKED_DIRECTORY: ("symlinked_directories", "symlinked director(y/ies)",
+                       "links to directories are not followed: link the files instead, or move the "
+                       "directory into the corpus"),
+    SPECIAL: ("special_files", "FIFO(s), socket(s) or device(s)",
+              "only regular files are read: remove them from the corpus"),
+}
+WARN_PATHS = 3   # paths named in a warning; the rest are counted
 
 
 class Piece(NamedTuple):      # a tuple: millions are made, and dataclass init is 5x slower
@@ -62,7 +92,12 @@ class Corpus:
         self.source = str(source)
         self.data = data
         self.replacements = 0
-        self.sources = _resolve(self.source, data.format)
+        # entries left out, by kind (see SKIPPED): for the manifest; the terminal gets a warning
+        self.skipped: dict[str, list[str]] = {key: [] for key, _, _ in SKIPPED.values()}
+        self.sources = _resolve(self.source, data.format, self.skipped)
+        for paths in self.skipped.values():
+            paths.sort()   # directory listings come in no set order; manifests should not change
+        _warn_skipped(self.source, self.skipped)
 
     def pieces(self) -> Iterator[Piece]:
         """Every document, as pieces of at most data.max_document_chars, with its split."""
@@ -115,42 +150,141 @@ class Corpus:
 
 # --- finding the files ---------------------------------------------------------------------------
 
-def _resolve(source: str, fmt: str) -> list[tuple[str, Path]]:
+def _resolve(source: str, fmt: str, skipped: dict[str, list[str]]) -> list[tuple[str, Path]]:
     path = Path(source)
-    if path.is_dir() and _is_dataset_dir(path):
-        return [("datasets", path)]
+    kind = _kind_of(path)
+    if kind in (DIRECTORY, LINKED_DIRECTORY):   # the corpus itself may well be a link
+        return _resolve_directory(path, source, fmt, skipped)
     if fmt == "datasets":
-        raise PipelineError(f"paths.corpus {source} is not a dataset saved with save_to_disk "
-                            "(no dataset_info.json/state.json or dataset_dict.json): fix the path "
-                            "or data.format")
-    if path.is_file():
+        raise _not_a_dataset(source)
+    if kind == FILE:
+        _check_readable(path)
         return [(_format_of(path, fmt, source), path)]
-    if path.is_dir():
-        files = sorted((p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)),
-                       key=lambda p: p.relative_to(path).as_posix())
-        if fmt == "auto":
-            files = [p for p in files if p.suffix.lower() in SUFFIXES]
-        if not files:
-            kinds = "/".join(SUFFIXES) if fmt == "auto" else "any"
-            raise PipelineError(f"paths.corpus {source} holds no {kinds} files: put the corpus there "
-                                "or point paths.corpus at it")
-        return [(_format_of(p, fmt, source), p) for p in files]
+    if kind == BROKEN_LINK:
+        raise PipelineError(f"paths.corpus {source} is a symlink to {os.readlink(path)}, which does not "
+                            "exist: fix the link or paths.corpus")
+    if kind == SPECIAL:
+        raise PipelineError(f"paths.corpus {source} is not a regular file (a FIFO, socket or device): "
+                            "point paths.corpus at a directory, glob or file of text")
     if glob.has_magic(source):
-        files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
-        if not files:
-            raise PipelineError(f"paths.corpus {source}: no files match this glob: fix paths.corpus")
-        return [(_format_of(p, fmt, source), p) for p in files]
+        return _resolve_glob(source, fmt, skipped)
     raise PipelineError(f"paths.corpus {source} does not exist: create it, or point paths.corpus "
                         "at a directory, glob or file of text (for the demo: make demo)")
 
 
-def _is_dataset_dir(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (
-        (path / "dataset_info.json").is_file() and (path / "state.json").is_file())
+def _resolve_directory(path: Path, source: str, fmt: str,
+                       skipped: dict[str, list[str]]) -> list[tuple[str, Path]]:
+    names = {entry.name for entry in _list_dir(path)}
+    if DATASET_DICT_FILE in names or set(DATASET_FILES) <= names:
+        return [("datasets", path)]
+    if fmt in ("auto", "datasets") and names & set(DATASET_FILES):
+        missing = next(name for name in DATASET_FILES if name not in names)
+        raise PipelineError(f"paths.corpus {source} looks like a dataset saved with save_to_disk, but its "
+                            f"{missing} is missing: save the dataset again, or fix paths.corpus")
+    if fmt == "datasets":
+        raise _not_a_dataset(source)
+    files = sorted(_walk_files(path, fmt, skipped), key=lambda p: p.relative_to(path).as_posix())
+    if not files:
+        kinds = "/".join(SUFFIXES) if fmt == "auto" else "any"
+        raise PipelineError(f"paths.corpus {source} holds no {kinds} files: put the corpus there "
+                            "or point paths.corpus at it")
+    for file in files:   # now, not after an hour of BPE training on the files before it
+        _check_readable(file)
+    return [(_format_of(p, fmt, source), p) for p in files]
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _resolve_glob(source: str, fmt: str, skipped: dict[str, list[str]]) -> list[tuple[str, Path]]:
+    files = []
+    for path in sorted(Path(p) for p in glob.glob(source, recursive=True)):
+        kind = _kind_of(path)
+        if kind == FILE:
+            files.append(path)
+        elif kind in (BROKEN_LINK, SPECIAL):   # directories: the glob names their files itself
+            skipped[SKIPPED[kind][0]].append(str(path))
+    if not files:
+        raise PipelineError(f"paths.corpus {source}: no files match this glob: fix paths.corpus")
+    for file in files:
+        _check_readable(file)
+    return [(_format_of(p, fmt, source), p) for p in files]
+
+
+def _walk_files(root: Path, fmt: str, skipped: dict[str, list[str]]) -> Iterator[Path]:
+    """The regular files under root that are part of the corpus; other entries go to skipped.
+
+    Not Path.rglob: it passes over directories it cannot list, and over links, without a word.
+    """
+    pending = [root]
+    while pending:
+        for entry in _list_dir(pending.pop()):
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            kind = _kind_of(path)
+            if kind == DIRECTORY:
+                pending.append(path)
+            elif kind == LINKED_DIRECTORY:
+                skipped[SKIPPED[kind][0]].append(str(path))
+            elif fmt == "auto" and path.suffix.lower() not in SUFFIXES:
+                continue   # not corpus text by its name, whatever it is
+            elif kind == FILE:
+                yield path
+            elif kind in SKIPPED:
+                skipped[SKIPPED[kind][0]].append(str(path))
+
+
+def _kind_of(path: Path) -> str | None:
+    """FILE, DIRECTORY, LINKED_DIRECTORY, BROKEN_LINK or SPECIAL; None when nothing is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):   # its target is missing, or links loop
+            return BROKEN_LINK
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            return None
+        raise PipelineError(f"{path} cannot be read ({exc.strerror}): make the directories above it "
+                            "readable (chmod a+rx), or fix paths.corpus") from None
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return LINKED_DIRECTORY if os.path.islink(path) else DIRECTORY
+    return SPECIAL
+
+
+def _list_dir(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise PipelineError(f"directory {directory} cannot be read ({exc.strerror}): make it readable "
+                            "(chmod a+rx), or move it out of the corpus") from None
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise PipelineError(f"{path} cannot be read ({exc.strerror}): make it readable (chmod a+r), "
+                            "or move it out of the corpus") from None
+
+
+def _check_readable(path: Path) -> None:
+    _open_bytes(path).close()
+
+
+def _not_a_dataset(source: str) -> PipelineError:
+    return PipelineError(f"paths.corpus {source} is not a dataset saved with save_to_disk "
+                         "(no dataset_info.json/state.json or dataset_dict.json): fix the path "
+                         "or data.format")
+
+
+def _warn_skipped(source: str, skipped: dict[str, list[str]]) -> None:
+    for key, label, advice in SKIPPED.values():
+        paths = skipped[key]
+        if paths:
+            more = len(paths) - WARN_PATHS
+            named = ", ".join(paths[:WARN_PATHS]) + (f" and {more} more" if more > 0 else "")
+            print(f"corpus: warning: skipped {len(paths)} {label} in paths.corpus {source} ({named}): "
+                  f"{advice}", file=sys.stderr)
 
 
 def _format_of(path: Path, fmt: str, source: str) -> str:
@@ -164,7 +298,7 @@ def _format_of(path: Path, fmt: str, source: str) -> str:
 
 
 def _check_not_binary(path: Path) -> None:
-    with open(path, "rb") as fh:
+    with _open_bytes(path) as fh:
         head = fh.read(SNIFF_BYTES)
     if b"\0" in head:
         raise PipelineError(f"{path} looks binary (NUL bytes in its first {SNIFF_BYTES} bytes): remove "
@@ -182,7 +316,7 @@ def _read_chunks(path: Path, corpus: Corpus) -> Iterator[str]:
     """
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     held_cr = ""   # a \r at the end of a block may be the first half of \r\n
-    with open(path, "rb") as fh:
+    with _open_bytes(path) as fh:
         while True:
             block = fh.read(READ_BYTES)
             final = not block
@@ -263,7 +397,7 @@ def _nfc(text: str) -> str:
 
 def _jsonl_texts(path: Path, corpus: Corpus) -> Iterator[str]:
     field = corpus.data.text_field
-    with open(path, "rb") as fh:
+    with _open_bytes(path) as fh:
         for number, raw in enumerate(fh, start=1):
             where = f":{number}"
             line = corpus.clean(raw.decode("utf-8", "surrogateescape"), path, where)
@@ -293,22 +427,51 @@ def _parquet_texts(path: Path, field: str) -> Iterator[str]:
     if column is None or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise PipelineError(f"{path} has no string column {field!r} (columns: "
                             f"{', '.join(parquet.schema_arrow.names)}): set data.text_field")
-    for batch in parquet.iter_batches(batch_size=1024, columns=[field]):
-        yield from (text for text in batch.column(0).to_pylist() if text is not None)
+    try:
+        for batch in parquet.iter_batches(batch_size=1024, columns=[field]):
+            yield from (text for text in batch.column(0).to_pylist() if text is not None)
+    except (pa.ArrowException, OSError) as exc:   # a damaged row group shows only when it is read
+        raise PipelineError(f"{path} is damaged ({_one_line(exc)}): replace it, or remove it from the "
+                            "corpus") from None
 
 
 def _dataset_texts(path: Path, field: str) -> Iterator[str]:
     import datasets
+    import pyarrow as pa
 
-    loaded = datasets.load_from_disk(str(path))
+    loaded = _load_dataset(path)
     splits = [loaded[name] for name in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
     for split in splits:
         if field not in split.column_names:
             raise PipelineError(f"dataset {path} has no column {field!r} (columns: "
                                 f"{', '.join(split.column_names)}): set data.text_field")
-        # iter() reads Arrow batches from the memory-mapped files: nothing is materialized
-        for batch in split.select_columns([field]).iter(batch_size=1024):
-            yield from (text for text in batch[field] if text is not None)
+        try:
+            # iter() reads Arrow batches from the memory-mapped files: nothing is materialized
+            for batch in split.select_columns([field]).iter(batch_size=1024):
+                yield from (text for text in batch[field] if text is not None)
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged_dataset(path, exc) from None
+
+
+def _load_dataset(path: Path) -> datasets.Dataset | datasets.DatasetDict:
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as exc:   # datasets trusts its own metadata: damage surfaces as any error type
+        raise _damaged_dataset(path, exc) from None
+
+
+def _damaged_dataset(path: Path, exc: Exception) -> PipelineError:
+    if isinstance(exc, PermissionError):
+        return PipelineError(f"dataset {path} cannot be read ({exc.strerror}: {exc.filename}): make it "
+                             "readable (chmod -R a+rX), or fix paths.corpus")
+    return PipelineError(f"dataset {path} cannot be read, it looks damaged ({type(exc).__name__}: "
+                         f"{_one_line(exc)}): save it again with save_to_disk, or fix paths.corpus")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _offset_note(path: Path, where: str | None) -> str:
@@ -317,7 +480,7 @@ def _offset_note(path: Path, where: str | None) -> str:
         return ""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0   # bytes handed to the decoder so far
-    with open(path, "rb") as fh:
+    with _open_bytes(path) as fh:
         while True:
             block = fh.read(1 << 20)
             # exc.start counts from the start of the bytes the decoder still held back

@@ -2,159 +2,139 @@
 
     python -m pipeline estimate [--set cost.hardware=rtx2050-laptop-4gb] [--set cost.calibrate=true]
 
-Reads data/tokens/manifest.json (checked against data/tokenizer/tokenizer.json). Writes
-reports/plan.json (the plan alone, read by train), reports/cost.json (DVC metrics) and
-reports/cost.md (for people, with a what-if table over the catalog). Over budget, or when no plan
-fits in memory, it raises BudgetExceeded (exit 3): then only cost.md is written, saying why, and a
-plan.json or cost.json left by an earlier run is removed so no later stage can run on it.
+Reads the token manifest (checked against the tokenizer). Writes the plan (pipeline/plan.py: read
+by train), the cost report (CostReport, DVC metrics) and a Markdown report for people with a
+what-if table over the catalog. Over budget, or when no plan fits in memory, it raises
+BudgetExceeded (exit 3): then only the Markdown report is written, saying why, and a plan or cost
+report left by an earlier run is removed so no later stage can run on it.
+
+MFU here is model FLOPs utilization as the train stage measures it: model training FLOPs per
+second (6N + attention per token, recompute not counted) over the device's peak. A catalog MFU is
+an assumption for a run without activation checkpointing; with it, the same hardware does a
+third more work per token, so the model MFU it reaches is the catalog's / RECOMPUTE_FACTOR.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import compute, hardware, provenance
-from pipeline.atomic import write_json, write_text
+from pipeline.atomic import write_text
 from pipeline.errors import BudgetExceeded, PipelineError
 from pipeline.hardware import GIB, Device
-from pipeline.model import build_model, gpt2_config
+from pipeline.model import build_model
 from pipeline.params import Params
+from pipeline.plan import Fit, Plan, describe, fit_error, plan_for
+from pipeline.record import Record
+from pipeline.tokens import TokenManifest, load as load_manifest
 
-WHAT_IF_SCALES = (1, 10)  # the seeds ask what 10x the tokens (1B instead of 100M) would cost
+WHAT_IF_SCALES = (1, 10)  # what 10x the tokens (1B instead of 100M) would cost
 # Activation checkpointing recomputes each block's forward in backward: ~2N of the 6N FLOPs again.
 RECOMPUTE_FACTOR = 4 / 3
+# A validation pass is a forward pass only: 2N of the 6N FLOPs per token.
+FORWARD_SHARE = 1 / 3
 CPU_CALIBRATION_TOKENS = 2048  # per timed micro-batch on CPU (see calibrate)
 
 
-@dataclass(frozen=True)
-class Plan:
+class CostReport(Record):
+    """reports/cost.json: the estimate, read by the evaluate stage to hold it against the run."""
+
+    FORMAT = 1
+    WRITTEN_BY = "estimate"
+
     device: str
-    micro_batch_size: int
-    grad_accum_steps: int
-    precision: str
-    activation_checkpointing: bool
+    device_description: str
+    num_devices: int
+    pricing: str
+    fits: bool
+    within_budget: bool
+    override: bool
+    over_budget: list[str]
+    budget: dict[str, float | None]
+    tokens: int
+    steps: int
     tokens_per_step: int
+    train_tokens_available: int
+    epochs: float | None
+    parameters: int
+    flops_per_token: float
+    flops: float                  # model training FLOPs: what MFU counts
+    executed_flops: float         # what the device executes: recompute and validation included
+    eval_flops: float
+    hours: float                  # the whole run: steps and validations
+    step_hours: float             # optimizer steps alone, what tokens_per_second counts
+    tokens_per_second: float
+    usd: float
+    usd_per_hour: float | None
+    usd_basis: str
+    kwh: float
+    co2_kg: float
+    peak_flops: float
+    recompute_factor: float
+    mfu: float
+    mfu_source: str
+    peak_memory_bytes: int
+    memory_usable_bytes: int
+    memory: dict[str, int]
+    plan: dict[str, Any]
+    sources: dict[str, str]
+    detected: dict[str, Any] | None   # what was measured of this machine (the cpu entry)
+    provenance: dict[str, Any]
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-@dataclass(frozen=True)
-class Fit:
-    plan: Plan
-    memory: compute.Memory
-    usable_bytes: int
-
-    @property
-    def fits(self) -> bool:
-        return self.memory.total <= self.usable_bytes
-
-
-def run(params: Params, manifest: str | Path | None = None, tokenizer: str | Path | None = None) -> dict[str, Any]:
-    manifest_path = Path(manifest or params.paths.tokens / "manifest.json")
-    tokenizer_path = Path(tokenizer or params.paths.tokenizer / "tokenizer.json")
-    tokens_info = read_manifest(manifest_path, tokenizer_path)
-    check_windows(tokens_info, params.model.context, manifest_path)
-    vocab = int(tokens_info["vocab_size"])
-    cost = params.cost
-    devices = hardware.catalog(cost.extra_hardware)
-    device = hardware.get_device(cost)
+def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path, cost_md: Path) -> CostReport:
+    manifest = load_manifest(tokens, tokenizer, verify_files=False)
+    check_windows(manifest, params.model.context, Path(tokens))
+    vocab = manifest.vocab_size
+    devices = hardware.catalog(params.cost.extra_hardware)
+    device = hardware.get_device(params.cost)
     _check_settings(params, device)
 
     fit = plan_for(params, device, vocab)
-    tokens = tokens_to_train(params)
-    flops = compute.flops_per_token(params.model, vocab) * tokens
-    mfu, mfu_source = _mfu(params, device, fit, tokens_info)
-    figures = price(flops, fit.plan, device, params, mfu=mfu, usd_per_hour=cost.usd_per_hour)
+    mfu, mfu_source = _mfu(params, device, fit, manifest)
+    work = Work.of(params, fit.plan, manifest)
+    figures = price(work, device, params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour)
     over = _over_budget(params, figures)
-    what_if = [_what_if_row(params, d, vocab, tokens * k, k, target=d.name == device.name, target_mfu=mfu)
+    what_if = [_what_if_row(params, d, manifest, k, planned=(fit.plan, mfu) if d.name == device.name else None)
                for k in WHAT_IF_SCALES for d in devices.values()]
-    report = {
-        "device": device.name,
-        "device_description": device.description,
-        "num_devices": cost.num_devices,
-        "pricing": cost.pricing,
-        "fits": fit.fits,
-        "within_budget": not over,
-        "override": bool(cost.override_budget and over and fit.fits),
-        "over_budget": over,
-        "budget": {"usd": cost.budget_usd, "hours": cost.budget_hours, "kwh": cost.budget_kwh},
-        "tokens": tokens,
-        "steps": tokens // fit.plan.tokens_per_step,
-        "tokens_per_step": fit.plan.tokens_per_step,
-        "train_tokens_available": int(tokens_info["train_tokens"]),
-        "epochs": tokens / int(tokens_info["train_tokens"]) if tokens_info["train_tokens"] else None,
-        "parameters": compute.parameter_count(params.model, vocab),
-        "flops_per_token": compute.flops_per_token(params.model, vocab),
-        "flops": flops,
-        **figures,
-        "mfu": mfu,
-        "mfu_source": mfu_source,
-        "peak_memory_bytes": fit.memory.total,
-        "memory_usable_bytes": fit.usable_bytes,
-        "memory": fit.memory.as_dict(),
-        "plan": fit.plan.as_dict(),
-        "sources": device.sources,
-        "provenance": provenance.record({"model": params.section("model"), "cost": params.section("cost"),
-                                         "train": params.section("train")}),
-    }
-    reports = params.paths.reports
-    refusal = _refusal(params, device, fit, figures, over, what_if)
-    write_text(reports / "cost.md", render_markdown(report, what_if, refusal))
+    report = CostReport.make(
+        device=device.name, device_description=device.description, num_devices=params.cost.num_devices,
+        pricing=params.cost.pricing, fits=fit.fits, within_budget=not over,
+        override=bool(params.cost.override_budget and over and fit.fits), over_budget=over,
+        budget={"usd": params.cost.budget_usd, "hours": params.cost.budget_hours, "kwh": params.cost.budget_kwh},
+        tokens=work.tokens, steps=work.tokens // fit.plan.tokens_per_step, tokens_per_step=fit.plan.tokens_per_step,
+        train_tokens_available=manifest.train_tokens,
+        epochs=work.tokens / manifest.train_tokens if manifest.train_tokens else None,
+        parameters=compute.parameter_count(params.model, vocab), flops_per_token=work.flops_per_token,
+        **figures, mfu=mfu, mfu_source=mfu_source,
+        peak_memory_bytes=fit.memory.total, memory_usable_bytes=fit.usable_bytes, memory=fit.memory.as_dict(),
+        plan=fit.plan.as_dict(), sources=device.sources, detected=getattr(device, "detected", None),
+        provenance=provenance.record({"model": params.section("model"), "cost": params.section("cost"),
+                                      "train": params.section("train")}),
+    )
+    refusal = _refusal(params, device, fit, figures, over, what_if, Path(cost_md))
+    write_text(cost_md, render_markdown(report, what_if, refusal))
     print(render_terminal(report, what_if))
     if refusal:
-        for stale in (reports / "plan.json", reports / "cost.json"):
+        for stale in (Path(plan), Path(cost)):
             stale.unlink(missing_ok=True)
         raise BudgetExceeded(refusal)
-    write_json(reports / "plan.json", fit.plan.as_dict())
-    write_json(reports / "cost.json", report)
-    return {k: report[k] for k in ("device", "fits", "within_budget", "override", "hours", "usd", "kwh", "plan")}
+    fit.plan.write(plan)
+    report.write(cost)
+    return report
 
 
 # ---- inputs -------------------------------------------------------------------------------------
 
-def read_manifest(manifest_path: Path, tokenizer_path: Path) -> dict[str, Any]:
-    """The token manifest, checked against the tokenizer the train stage will load."""
-    if not manifest_path.is_file():
-        raise PipelineError(f"token manifest {manifest_path} not found: run the tokenize stage first "
-                            "(python -m pipeline tokenize)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"token manifest {manifest_path} is not valid JSON ({exc}): "
-                            "rerun the tokenize stage") from None
-    missing = [k for k in ("vocab_size", "train_tokens", "tokenizer_sha256", "eot_token_id") if k not in manifest]
-    if missing:
-        raise PipelineError(f"token manifest {manifest_path} lacks {', '.join(missing)}: rerun the tokenize stage")
-    if not tokenizer_path.is_file():
-        raise PipelineError(f"tokenizer {tokenizer_path} not found: run the tokenize stage first")
-    digest = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
-    if digest != manifest["tokenizer_sha256"]:
-        raise PipelineError(f"token manifest {manifest_path} was made with another tokenizer (its tokenizer_sha256 "
-                            f"{str(manifest['tokenizer_sha256'])[:12]}... is not the sha256 {digest[:12]}... of "
-                            f"{tokenizer_path}): rerun the tokenize stage")
-    from tokenizers import Tokenizer
-
-    vocab = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
-    if vocab != manifest["vocab_size"]:
-        raise PipelineError(f"token manifest {manifest_path} says vocab_size {manifest['vocab_size']} but "
-                            f"{tokenizer_path} has {vocab} tokens: rerun the tokenize stage")
-    return manifest
-
-
-def check_windows(manifest: dict[str, Any], context: int, manifest_path: Path) -> None:
+def check_windows(manifest: TokenManifest, context: int, tokens_dir: Path) -> None:
     """Both splits must hold one training window. Checked here, not in tokenize, so that a
     model.context change does not retokenize the corpus."""
-    for name in ("val", "train"):   # val first: it is the smaller, the one to grow
-        tokens = int(manifest.get(f"{name}_tokens", 0))
+    for name, tokens in (("val", manifest.val_tokens), ("train", manifest.train_tokens)):  # val: the one to grow
         if tokens < context + 1:
             raise PipelineError(
                 f"the corpus is too small for one context window: its {name} split has {tokens} tokens "
-                f"({manifest_path}), and model.context {context} needs at least {context + 1}: add text "
+                f"({tokens_dir}), and model.context {context} needs at least {context + 1}: add text "
                 "to the corpus, raise data.val_fraction (for val), or lower model.context")
 
 
@@ -163,9 +143,6 @@ def _check_settings(params: Params, device: Device) -> None:
     if train.device != "auto" and train.device != device.kind:
         raise PipelineError(f"train.device is {train.device} but cost.hardware {device.name} is a {device.kind} "
                             f"device: make them agree (train.device: auto follows the machine)")
-    if train.precision == "bf16" and device.kind == "cuda" and not device.bf16_native:
-        raise PipelineError(f"train.precision bf16 on {device.name}: it has no native bf16 (only slow "
-                            "emulation); use fp16 or auto")
     if not (cost.budget_usd or cost.budget_hours or cost.budget_kwh or cost.override_budget):
         raise PipelineError("no budget: set cost.budget_usd, cost.budget_hours or cost.budget_kwh (or "
                             "cost.override_budget: true to run without one)")
@@ -186,74 +163,48 @@ def tokens_to_train(params: Params) -> int:
     return min(tokens, train.max_tokens) if train.max_tokens else tokens
 
 
-# ---- the plan -----------------------------------------------------------------------------------
-
-def sequences_per_device(params: Params, num_devices: int) -> int:
-    train, context = params.train, params.model.context
-    per_step = context * num_devices
-    if train.tokens_per_step % per_step:
-        lower = max(per_step, train.tokens_per_step // per_step * per_step)
-        raise PipelineError(f"train.tokens_per_step ({train.tokens_per_step}) must be a multiple of model.context "
-                            f"x cost.num_devices ({context} x {num_devices}): use {lower} or {lower + per_step}")
-    return train.tokens_per_step // per_step
-
-
-def precision_for(params: Params, device: Device) -> str:
-    """fp16 on GPUs without native bf16 (T4), bf16 where native, fp32 on CPU unless asked otherwise."""
-    if params.train.precision != "auto":
-        return params.train.precision
-    if device.kind == "cpu":
-        return "fp32"
-    return "bf16" if device.bf16_native else "fp16"
-
-
-def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) -> Fit:
-    """The largest micro-batch that fits, without activation checkpointing if possible.
-
-    Fixed train.micro_batch_size / activation_checkpointing are respected (auto=True ignores them,
-    for the what-if table). Returns the smallest failing candidate when nothing fits.
-    """
-    train, cost = params.train, params.cost
-    seqs = sequences_per_device(params, cost.num_devices)
-    precision = precision_for(params, device) if not auto else \
-        ("fp32" if device.kind == "cpu" else "bf16" if device.bf16_native else "fp16")
-    if train.micro_batch_size != "auto" and not auto:
-        if seqs % train.micro_batch_size:
-            raise PipelineError(f"train.micro_batch_size {train.micro_batch_size} does not divide the {seqs} "
-                                "sequences each device runs per step (train.tokens_per_step / model.context / "
-                                f"cost.num_devices); use one of {_divisors(seqs)}")
-        micros = [train.micro_batch_size]
-    else:
-        micros = sorted(_divisors(seqs), reverse=True)
-    checkpointing = [False, True] if train.activation_checkpointing == "auto" or auto else \
-        [train.activation_checkpointing]
-    usable = int(device.memory_bytes * (1 - cost.memory_headroom))
-    activation = gpt2_config(params.model, vocab, eos_token_id=0).activation_function
-    last = None
-    for ckpt in checkpointing:
-        for micro in micros:
-            memory = compute.training_memory(params.model, vocab, micro, precision, ckpt, activation=activation,
-                                             device_kind=device.kind, runtime_bytes=device.runtime_overhead_bytes)
-            last = Fit(Plan(device.name, micro, seqs // micro, precision, ckpt, params.train.tokens_per_step),
-                       memory, usable)
-            if last.fits:
-                return last
-    return last
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 # ---- time, money, energy ------------------------------------------------------------------------
 
-def price(flops: float, plan: Plan, device: Device, params: Params, *, mfu: float,
-          usd_per_hour: float | None) -> dict[str, Any]:
-    """Hours, dollars, kWh and CO2 of `flops` model FLOPs on cost.num_devices devices."""
+class Work:
+    """What a run computes: model FLOPs of its optimizer steps, and the forward FLOPs of the
+    validations the train stage runs every train.eval_every steps and at the end."""
+
+    def __init__(self, params: Params, plan: Plan, flops_per_token: float, tokens: int, eval_tokens: int):
+        self.params, self.plan, self.flops_per_token = params, plan, flops_per_token
+        self.tokens, self.eval_tokens = tokens, eval_tokens
+
+    @classmethod
+    def of(cls, params: Params, plan: Plan, manifest: TokenManifest, tokens: int | None = None) -> Work:
+        tokens = tokens_to_train(params) if tokens is None else tokens
+        steps = tokens // params.train.tokens_per_step
+        evals = steps // params.train.eval_every + (steps % params.train.eval_every != 0)
+        # the val subset: eval_batches steps' worth of windows, or the whole split when it is smaller
+        windows = min(params.train.eval_batches * params.train.tokens_per_step // params.model.context,
+                      max(1, (manifest.val_tokens - 1) // params.model.context))
+        return cls(params, plan, compute.flops_per_token(params.model, manifest.vocab_size), tokens,
+                   evals * windows * params.model.context)
+
+    @property
+    def flops(self) -> float:
+        return self.flops_per_token * self.tokens
+
+    @property
+    def recompute(self) -> float:
+        return RECOMPUTE_FACTOR if self.plan.activation_checkpointing else 1.0
+
+    @property
+    def eval_flops(self) -> float:
+        return self.flops_per_token * FORWARD_SHARE * self.eval_tokens
+
+
+def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hour: float | None) -> dict[str, Any]:
+    """Hours, dollars, kWh and CO2 of `work` on cost.num_devices devices at model FLOPs utilization `mfu`."""
     cost = params.cost
-    peak = device.peak_flops[plan.precision]
-    work = flops * (RECOMPUTE_FACTOR if plan.activation_checkpointing else 1)
-    hours = work / (peak * mfu * cost.num_devices) / 3600
+    peak = device.peak_flops[work.plan.precision] * cost.num_devices
+    step_hours = work.flops / (peak * mfu) / 3600
+    # validation runs at the hardware's utilization for this model, which recompute does not lower
+    eval_hours = work.eval_flops / (peak * mfu * work.recompute) / 3600
+    hours = step_hours + eval_hours
     kwh = device.power_watts * cost.num_devices * hours * cost.pue / 1000
     if cost.pricing == "owned":
         rate = usd_per_hour or 0.0
@@ -263,34 +214,48 @@ def price(flops: float, plan: Plan, device: Device, params: Params, *, mfu: floa
         rate = usd_per_hour if usd_per_hour is not None else device.usd_per_hour(cost.pricing)
         usd = rate * cost.num_devices * hours
         basis = f"{cost.pricing}: ${rate}/device-hour" + (" (cost.usd_per_hour)" if usd_per_hour is not None else "")
-    return {"hours": hours, "usd": usd, "usd_per_hour": usd / hours if hours else None, "usd_basis": basis,
-            "kwh": kwh, "co2_kg": kwh * cost.grid_gco2_per_kwh / 1000, "peak_flops": peak,
-            "recompute_factor": RECOMPUTE_FACTOR if plan.activation_checkpointing else 1.0}
+    return {"hours": hours, "step_hours": step_hours,
+            "tokens_per_second": work.tokens / (step_hours * 3600) if step_hours else 0.0,
+            "usd": usd, "usd_per_hour": usd / hours if hours else None, "usd_basis": basis,
+            "kwh": kwh, "co2_kg": kwh * cost.grid_gco2_per_kwh / 1000, "peak_flops": peak / cost.num_devices,
+            "flops": work.flops, "executed_flops": work.flops * work.recompute + work.eval_flops,
+            "eval_flops": work.eval_flops, "recompute_factor": work.recompute}
 
 
-def _mfu(params: Params, device: Device, fit: Fit, manifest: dict[str, Any]) -> tuple[float, str]:
+def _mfu(params: Params, device: Device, fit: Fit, manifest: TokenManifest) -> tuple[float, str]:
+    """Model FLOPs utilization for this plan: measured (cost.calibrate), given (cost.mfu), or the
+    catalog's assumption lowered by the recompute of activation checkpointing."""
     cost = params.cost
     if cost.calibrate and fit.fits:  # a plan that does not fit is refused below: nothing to time
-        return calibrate(params, fit.plan, device, int(manifest["vocab_size"]), int(manifest["eot_token_id"]))
+        return calibrate(params, fit.plan, device, manifest.vocab_size, manifest.eot_token_id)
     if cost.mfu is not None:
         return cost.mfu, "params: cost.mfu"
-    return device.mfu_default, f"catalog default for {device.name}: {device.sources.get('mfu_default', '')}"
+    return _catalog_mfu(device, fit.plan)
+
+
+def _catalog_mfu(device: Device, plan: Plan) -> tuple[float, str]:
+    source = f"catalog default for {device.name}: {device.sources.get('mfu_default', '')}"
+    if plan.activation_checkpointing:
+        return device.mfu_default / RECOMPUTE_FACTOR, source + f" (/ {RECOMPUTE_FACTOR:.3g}: checkpointing recomputes)"
+    return device.mfu_default, source
 
 
 def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_id: int) -> tuple[float, str]:
-    """Time real optimizer steps of the configured model here; MFU = achieved / catalog peak.
+    """Time real optimizer steps of the configured model here with the train stage's own step;
+    MFU = model FLOPs per second / catalog peak (recompute, if planned, is in the timing).
 
     The model, precision and checkpointing are the plan's; so is the micro-batch on a GPU. On CPU
-    the micro-batch is capped at CPU_CALIBRATION_TOKENS: a full GPT-2 micro-batch takes minutes there,
-    and past a few thousand tokens throughput per token hardly depends on the batch (FIELD-NOTES).
+    the micro-batch is capped at CPU_CALIBRATION_TOKENS: a full GPT-2 micro-batch takes minutes
+    there, and past a few thousand tokens throughput per token hardly depends on the batch.
     """
     import torch
-    import torch.nn.functional as F
+
+    from pipeline.step import TrainStep, optimizer_for
 
     if device.kind == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"cost.calibrate: cost.hardware is {device.name} but this machine has no CUDA GPU; "
                             "calibrate on the target machine, or set cost.mfu")
-    where = "cuda" if device.kind == "cuda" else "cpu"
+    where = device.kind
     micro = plan.micro_batch_size if where == "cuda" else \
         max(1, min(plan.micro_batch_size, CPU_CALIBRATION_TOKENS // params.model.context))
     torch.manual_seed(params.train.seed)
@@ -298,33 +263,28 @@ def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_
     if plan.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr, fused=True)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(plan.precision)
-    scaler = torch.amp.GradScaler(where, enabled=plan.precision == "fp16")
+    # the optimizer's values (lr, betas, decay) do not change its speed: estimate does not declare them
+    step = TrainStep(model, optimizer_for(model, params.train), precision=plan.precision, device=where,
+                     grad_clip=params.train.grad_clip)
     ids = torch.randint(0, vocab, (micro, params.model.context + 1), device=where)  # speed ignores content
     x, y = ids[:, :-1], ids[:, 1:]
 
-    def step() -> None:
-        with torch.autocast(where, dtype=dtype, enabled=dtype is not None):
-            logits = model(input_ids=x).logits
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+    def one_step() -> None:
+        step.micro(x, y, accum=1)
+        step.update()
         if where == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up: allocator, kernels, lazy init
+    one_step()  # warm-up: allocator, kernels, lazy init
     start = time.perf_counter()
     for _ in range(params.cost.calibrate_steps):
-        step()
+        one_step()
     seconds = time.perf_counter() - start
     rate = micro * params.model.context * params.cost.calibrate_steps / seconds
-    mfu = rate * compute.flops_per_token(params.model, vocab) / device.peak_flops[plan.precision]
+    mfu = compute.mfu(rate, compute.flops_per_token(params.model, vocab), device.peak_flops[plan.precision])
     return mfu, (f"calibrated: {rate:,.0f} tokens/s over {params.cost.calibrate_steps} steps of micro-batch "
                  f"{micro} x {params.model.context} ({plan.precision}) on this {where}, "
-                 f"against {device.name}'s catalog peak")
+                 f"against {device.name}'s peak")
 
 
 def _over_budget(params: Params, figures: dict[str, Any]) -> list[str]:
@@ -333,48 +293,43 @@ def _over_budget(params: Params, figures: dict[str, Any]) -> list[str]:
     return [k for k, limit in limits.items() if limit is not None and figures[k] > limit]
 
 
-def _what_if_row(params: Params, device: Device, vocab: int, tokens: int, scale: int, *, target: bool,
-                 target_mfu: float) -> dict[str, Any]:
-    """One device at `scale` x the tokens, planned automatically, at its catalog MFU and price."""
-    fit = plan_for(params, device, vocab, auto=True)
+def _what_if_row(params: Params, device: Device, manifest: TokenManifest, scale: int, *,
+                 planned: tuple[Plan, float] | None) -> dict[str, Any]:
+    """One device at `scale` x the tokens, planned automatically, at its catalog MFU and price;
+    the run's own device (`planned`: its plan and MFU) at this run's MFU where the layout agrees."""
+    fit = plan_for(params, device, manifest.vocab_size, auto=True)
     pricing = params.cost.pricing
     if pricing == "owned" or device.usd_per_hour(pricing) is None:
         pricing = "on_demand" if device.usd_per_hour("on_demand") is not None else "owned"
     row_params = params.model_copy(update={"cost": params.cost.model_copy(update={"pricing": pricing})})
-    mfu = target_mfu if target else device.mfu_default
-    figures = price(compute.flops_per_token(params.model, vocab) * tokens, fit.plan, device, row_params,
-                    mfu=mfu, usd_per_hour=params.cost.usd_per_hour if target else None)
-    return {"device": device.name, "scale": scale, "tokens": tokens, "fits": fit.fits, "plan": fit.plan,
+    same_layout = planned and planned[0].activation_checkpointing == fit.plan.activation_checkpointing
+    mfu = planned[1] if same_layout else _catalog_mfu(device, fit.plan)[0]
+    work = Work.of(params, fit.plan, manifest, tokens_to_train(params) * scale)
+    figures = price(work, device, row_params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour if planned else None)
+    return {"device": device.name, "scale": scale, "tokens": work.tokens, "fits": fit.fits, "plan": fit.plan,
             "peak_memory_bytes": fit.memory.total, "pricing": pricing, **figures}
 
 
 # ---- the gate -----------------------------------------------------------------------------------
 
 def _refusal(params: Params, device: Device, fit: Fit, figures: dict[str, Any], over: list[str],
-             what_if: list[dict[str, Any]]) -> str | None:
+             what_if: list[dict[str, Any]], cost_md: Path) -> str | None:
     """The one message that stops the pipeline, or None when the run may go ahead."""
     if not fit.fits:
-        p = fit.plan
-        need, have = fit.memory.total, fit.usable_bytes
         roomy = [r["device"] for r in what_if if r["scale"] == 1 and r["fits"]]
-        return (f"no plan fits {device.name}: micro-batch {p.micro_batch_size}, {p.precision}, activation "
-                f"checkpointing {'on' if p.activation_checkpointing else 'off'} needs {need / GIB:.2f} GiB, "
-                f"{(need - have) / GIB:.2f} GiB more than the {have / GIB:.2f} GiB usable (device memory less "
-                f"cost.memory_headroom {params.cost.memory_headroom:.0%}). Change: a smaller model (model.n_layer, "
+        return (fit_error(fit, device, params) + ". Change: a smaller model (model.n_layer, "
                 f"model.n_embd, model.context) or tokenizer.vocab_size"
                 + ("" if params.train.micro_batch_size == "auto" and params.train.activation_checkpointing == "auto"
                    else ", train.micro_batch_size/activation_checkpointing: auto")
                 + (f", or a device where it fits: {', '.join(roomy)}" if roomy else "")
-                + ". See reports/cost.md.")
-    if not over:
-        return None
-    if params.cost.override_budget:
+                + f". See {cost_md}.")
+    if not over or params.cost.override_budget:
         return None
     cost = params.cost
     limits = {"usd": (cost.budget_usd, "$", "cost.budget_usd"), "hours": (cost.budget_hours, "h", "cost.budget_hours"),
               "kwh": (cost.budget_kwh, "kWh", "cost.budget_kwh")}
-    broken = "; ".join(f"{_fmt(figures[k], u)} > {name} {_fmt(limits[k][0], u)}"
-                       for k in over for _, u, name in [limits[k]])
+    broken = "; ".join(" > {} ".join(_side_by_side(figures[k], limit, unit)).format(name)
+                       for k in over for limit, unit, name in [limits[k]])
     share = min(limits[k][0] / figures[k] for k in over)
     tokens = tokens_to_train(params)
     fewer = int(tokens * share) // params.train.tokens_per_step * params.train.tokens_per_step
@@ -390,7 +345,19 @@ def _refusal(params: Params, device: Device, fit: Fit, figures: dict[str, Any], 
         at_spot = figures["usd"] * spot / device.usd_per_hour("on_demand")
         options.append(f"spot pricing (cost.pricing: spot: {_fmt(at_spot, '$')})")
     return (f"over budget on {device.name} ({figures['usd_basis']}): {broken}. Change: " + "; ".join(options)
-            + "; or cost.override_budget: true to run anyway. See reports/cost.md.")
+            + f"; or cost.override_budget: true to run anyway. See {cost_md}.")
+
+
+def _side_by_side(value: float, limit: float, unit: str) -> tuple[str, str]:
+    """A figure and the limit it broke, with digits enough to tell them apart ($0.0042 > $0.004,
+    never <$0.01 > <$0.01)."""
+    decimals = 2
+    while decimals < 9 and round(value, decimals) == round(limit, decimals) or round(value, decimals) == 0:
+        decimals += 1
+        if decimals >= 9:
+            break
+    text = [f"{x:,.{decimals}f}" for x in (value, limit)]
+    return tuple({"$": f"${t}", "h": f"{t} h", "kWh": f"{t} kWh"}[unit] for t in text)
 
 
 # ---- reports ------------------------------------------------------------------------------------
@@ -418,19 +385,15 @@ def _num(value: float) -> str:
     return f"{value:,.2f}" if value >= 10 else f"{value:.3g}"
 
 
-def _plan_text(plan: Plan) -> str:
-    return (f"micro-batch {plan.micro_batch_size} x {plan.grad_accum_steps} accum, {plan.precision}"
-            + (", checkpointing" if plan.activation_checkpointing else ""))
-
-
 def _pricing_words(pricing: str) -> str:
     if pricing in ("on_demand", "owned"):
         return "on-demand price"
     return f"{pricing} price where it has one, else on-demand"
 
 
-def render_markdown(report: dict[str, Any], what_if: list[dict[str, Any]], refusal: str | None) -> str:
-    r, plan = report, report["plan"]
+def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: str | None) -> str:
+    r = report.as_dict()
+    plan = r["plan"]
     if refusal:
         status = f"**REFUSED** (exit 3): {refusal}"
     elif r["override"]:
@@ -450,13 +413,15 @@ def render_markdown(report: dict[str, Any], what_if: list[dict[str, Any]], refus
         f"- Tokens: {r['tokens']:,} in {r['steps']:,} steps of {r['tokens_per_step']:,} "
         f"({r['epochs']:.2f} epochs of the {r['train_tokens_available']:,} train tokens)" if r["epochs"] is not None
         else f"- Tokens: {r['tokens']:,}",
-        f"- Compute: {r['flops']:.3g} FLOPs"
-        + (f" (x{r['recompute_factor']:.2f} executed: checkpointing recomputes the forward)"
+        f"- Compute: {r['flops']:.3g} model FLOPs; {r['executed_flops']:.3g} executed, with "
+        f"{r['eval_flops']:.3g} for validation"
+        + (f" and x{r['recompute_factor']:.2f} for recompute (activation checkpointing)"
            if r["recompute_factor"] != 1 else ""),
-        f"- Plan: {_plan_text(Plan(**plan))} ({'fits' if r['fits'] else 'does NOT fit'}: "
+        f"- Plan: {describe(Plan(**plan))} ({'fits' if r['fits'] else 'does NOT fit'}: "
         f"{_fmt(r['peak_memory_bytes'], 'GiB')} of {_fmt(r['memory_usable_bytes'], 'GiB')} usable)",
         f"- MFU: {r['mfu']:.1%} ({r['mfu_source']})",
-        f"- Time: {_fmt(r['hours'], 'h')} at {r['peak_flops'] / 1e12:g} TFLOP/s peak",
+        f"- Time: {_fmt(r['hours'], 'h')} ({_fmt(r['step_hours'], 'h')} of optimizer steps at "
+        f"{r['tokens_per_second']:,.0f} tokens/s, the rest validation) at {r['peak_flops'] / 1e12:.3g} TFLOP/s peak",
         f"- Money: {_fmt(r['usd'], '$')} ({r['usd_basis']})",
         f"- Energy: {_fmt(r['kwh'], 'kWh')}, {_fmt(r['co2_kg'], 'kg CO2')}",
         f"- Budget: {budget}",
@@ -478,16 +443,18 @@ def render_markdown(report: dict[str, Any], what_if: list[dict[str, Any]], refus
     ]
     for row in what_if:
         lines.append(f"| {row['device']} | {row['tokens']:,} ({row['scale']}x) | {'yes' if row['fits'] else 'no'} | "
-                     f"{_plan_text(row['plan'])} | {_fmt(row['peak_memory_bytes'], 'GiB')} | "
+                     f"{describe(row['plan'])} | {_fmt(row['peak_memory_bytes'], 'GiB')} | "
                      f"{_fmt(row['hours'], 'h')} | {_fmt(row['usd'], '$')} ({row['pricing']}) | {_num(row['kwh'])} |")
     lines += ["", "## Sources", ""] + [f"- {k}: {v}" for k, v in r["sources"].items()]
+    if r["detected"]:
+        lines += ["", "## This machine, as detected", ""] + [f"- {k}: {v}" for k, v in r["detected"].items()]
     return "\n".join(lines) + "\n"
 
 
-def render_terminal(report: dict[str, Any], what_if: list[dict[str, Any]]) -> str:
-    r = report
+def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
+    r = report.as_dict()
     head = (f"estimate: {r['device']} x {r['num_devices']}: {r['tokens']:,} tokens, {r['flops']:.3g} FLOPs, "
-            f"{_plan_text(Plan(**r['plan']))}, peak {_fmt(r['peak_memory_bytes'], 'GiB')} of "
+            f"{describe(Plan(**r['plan']))}, peak {_fmt(r['peak_memory_bytes'], 'GiB')} of "
             f"{_fmt(r['memory_usable_bytes'], 'GiB')} ({'fits' if r['fits'] else 'DOES NOT FIT'}); "
             f"{_fmt(r['hours'], 'h')}, {_fmt(r['usd'], '$')}, {_fmt(r['kwh'], 'kWh')} at MFU {r['mfu']:.1%}")
     rows = [f"  {'device':<20} {'fits':<4} {'hours':>22} {'$':>12} {'kWh':>10}"]

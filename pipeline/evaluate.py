@@ -28,7 +28,10 @@ from pipeline.atomic import write_json, write_text
 from pipeline.errors import PipelineError
 from pipeline.model import count_parameters
 from pipeline.params import Params
-from pipeline.tokens import read_tokens
+from pipeline.estimate import CostReport
+from pipeline.plan import resolve_device
+from pipeline.tokens import MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
+from pipeline.train import TrainReport
 
 # Tokenizer parts that decide which ids a text becomes; post_processor is left out because
 # save_pretrained adds an empty template one, and the token files never used it.
@@ -51,24 +54,22 @@ class Score:
                 "bits_per_byte": self.nats / math.log(2) / self.val_bytes}
 
 
-def run(params: Params, model: str | Path | None = None, tokens: str | Path | None = None,
-        tokenizer: str | Path | None = None, checkpoints: str | Path | None = None,
-        reports: str | Path | None = None) -> dict[str, Any]:
-    p = params.paths
-    model_dir, tokens_dir = Path(model or p.model), Path(tokens or p.tokens)
-    ckpt_dir, reports_dir = Path(checkpoints or p.checkpoints), Path(reports or p.reports)
+def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Path, train_report: Path,
+        train_live: Path, checkpoints: Path, samples_md: Path, summary_md: Path, plots_dir: Path,
+        eval_report: Path) -> dict[str, Any]:
+    model_dir, tokens_dir, ckpt_dir = Path(model), Path(tokens), Path(checkpoints)
     ev = params.evaluate
 
     # every cheap check first: bad input fails in a second, not after scoring
-    manifest = _read_manifest(tokens_dir)
+    manifest = TokenManifest.read(tokens_dir / MANIFEST_FILE).as_dict()
     stream = scored_stream(tokens_dir, manifest)
     tok = load_tokenizer(model_dir)
-    check_tokenizer(tok, model_dir, Path(tokenizer or p.tokenizer), manifest)
+    check_tokenizer(tok, model_dir, Path(tokenizer), manifest)
     prompt_ids = encode_prompts(tok, ev.prompts)
-    device = _device(params.train.device)
-    ckpt_manifest = report.read_json(ckpt_dir / "manifest.json")
-    cost = report.read_json(reports_dir / "cost.json")
-    train = report.read_json(reports_dir / "train.json")
+    device = torch.device(resolve_device(params.train.device))
+    ckpt_manifest = checkpoint.read_index(ckpt_dir)
+    cost_report = _as_dict(CostReport.read_if_present(cost))
+    train = _as_dict(TrainReport.read_if_present(train_report))
 
     def scorer(net: PreTrainedModel) -> Score:
         return score(net, stream, params.model.context, ev.batch_size, device, manifest["val_bytes"])
@@ -78,13 +79,13 @@ def run(params: Params, model: str | Path | None = None, tokens: str | Path | No
     final_fp = weights_fingerprint(net)
     described = describe_model(net, model_dir, final_fp)
     final = scorer(net)
-    samples = generate_samples(net, tok, ev.prompts, prompt_ids, manifest["eot_token_id"], ev, device)
+    samples_out = generate_samples(net, tok, ev.prompts, prompt_ids, manifest["eot_token_id"], ev, device)
     del net
 
     ckpt_results = evaluate_checkpoints(ckpt_dir, select_checkpoints(ckpt_manifest, ev.checkpoints), device,
                                         scorer, {final_fp: ("final", final)})
     baseline = unigram_baseline(tokens_dir, manifest, stream)
-    eva = report.estimate_vs_actual(cost, train, reports_dir, params)
+    eva = report.estimate_vs_actual(cost_report, train, Path(cost), Path(train_report))
 
     result = {
         **final.as_dict(),
@@ -97,34 +98,26 @@ def run(params: Params, model: str | Path | None = None, tokens: str | Path | No
         "best_vs_final": report.best_vs_final(ckpt_manifest, ckpt_results, final),
         "estimate_vs_actual": eva,
         "stop_reason": (train or {}).get("stop_reason"),
-        "samples": len(samples),
+        "samples": len(samples_out),
     }
-    live = plots.read_live(reports_dir / "train_live", params.train.tokens_per_step)
-    plots.write_all(reports_dir / "plots", live, ckpt_results, eva, baseline.as_dict()["val_loss"])
-    write_text(reports_dir / "samples.md", report.samples_markdown(samples, ev))
-    write_text(reports_dir / "summary.md",
-               report.summary_markdown(result, manifest, train, samples, model_dir, ckpt_dir, reports_dir))
+    live = plots.read_live(Path(train_live), params.train.tokens_per_step)
+    plots.write_all(Path(plots_dir), live, ckpt_results, eva, baseline.as_dict()["val_loss"])
+    write_text(samples_md, report.samples_markdown(samples_out, ev))
+    files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": cost, "train": train_report}
+    write_text(summary_md, report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files))
     used = {k: params.section(k) for k in ("paths", "model", "evaluate")}
     used["train"] = {"device": params.train.device, "tokens_per_step": params.train.tokens_per_step}
-    write_json(reports_dir / "eval.json", {**result, **provenance.record(used)})
+    write_json(eval_report, {**result, **provenance.record(used)})
     print(f"val loss {result['val_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
           f"{result['bits_per_byte']:.4f} bits/byte over {final.tokens:,} tokens "
-          f"(unigram baseline {baseline.as_dict()['val_loss']:.4f}) -> {reports_dir / 'summary.md'}")
+          f"(unigram baseline {baseline.as_dict()['val_loss']:.4f}) -> {summary_md}")
     return result
 
 
 # ---- inputs ------------------------------------------------------------------------------------
 
-def _read_manifest(tokens_dir: Path) -> dict[str, Any]:
-    path = tokens_dir / "manifest.json"
-    manifest = report.read_json(path)
-    if manifest is None:
-        raise PipelineError(f"{path} not found: run the tokenize stage first (or set paths.tokens)")
-    missing = [k for k in ("val_tokens", "val_bytes", "vocab_size", "eot_token_id", "tokenizer_sha256")
-               if k not in manifest]
-    if missing:
-        raise PipelineError(f"{path} lacks {', '.join(missing)}: rerun the tokenize stage")
-    return manifest
+def _as_dict(record) -> dict[str, Any] | None:
+    return record.as_dict() if record is not None else None
 
 
 def scored_stream(tokens_dir: Path, manifest: dict[str, Any]) -> np.ndarray:
@@ -133,10 +126,10 @@ def scored_stream(tokens_dir: Path, manifest: dict[str, Any]) -> np.ndarray:
     The model reads documents that begin after an end-of-text token, so that token is the context
     for the first val token: every val token is then predicted exactly once.
     """
-    path = tokens_dir / "val.bin"
+    path = tokens_dir / VAL_FILE
     ids = read_tokens(path)
     if len(ids) != manifest["val_tokens"]:
-        raise PipelineError(f"{path} holds {len(ids)} tokens but {tokens_dir / 'manifest.json'} says "
+        raise PipelineError(f"{path} holds {len(ids)} tokens but {tokens_dir / MANIFEST_FILE} says "
                             f"{manifest['val_tokens']}: rerun the tokenize stage")
     eot = manifest["eot_token_id"]
     stream = np.asarray(ids, dtype=np.int64)
@@ -164,10 +157,10 @@ def load_tokenizer(model_dir: Path):
 def check_tokenizer(tok, model_dir: Path, reference_dir: Path, manifest: dict[str, Any]) -> None:
     """The model's tokenizer must turn text into the ids the token files hold."""
     expected = manifest["tokenizer_sha256"]
-    own_file = model_dir / "tokenizer.json"
+    own_file = model_dir / TOKENIZER_FILE
     if own_file.is_file() and provenance.file_sha256(own_file) == expected:
         return
-    ref_file = reference_dir / "tokenizer.json"
+    ref_file = reference_dir / TOKENIZER_FILE
     if not ref_file.is_file():
         raise PipelineError(f"cannot check the tokenizer of {model_dir}: its tokenizer.json differs from the "
                             f"one in the token manifest and {ref_file} (paths.tokenizer) is missing")
@@ -240,14 +233,6 @@ def _require_dir(path: Path) -> None:
                             "to a directory written by save_pretrained")
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train.device is cuda but no CUDA device is available: set train.device=cpu")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
 # ---- scoring -----------------------------------------------------------------------------------
 
 @torch.inference_mode()
@@ -280,7 +265,7 @@ def _window_nats(net, stream: np.ndarray, starts: list[int], length: int, device
 
 def unigram_baseline(tokens_dir: Path, manifest: dict[str, Any], stream: np.ndarray) -> Score:
     """Cross-entropy of the scored val tokens under the train unigram distribution (add-one smoothed)."""
-    train = read_tokens(tokens_dir / "train.bin")
+    train = read_tokens(tokens_dir / TRAIN_FILE)
     vocab = max(manifest["vocab_size"], int(stream.max()) + 1)
     counts = np.ones(vocab, dtype=np.float64)
     for i in range(0, len(train), _UNIGRAM_CHUNK):

@@ -3,24 +3,42 @@
     params = load(["params.yaml", "params/demo.yaml"], ["train.lr=3e-4"])
 
 Every problem is reported at once, each naming its dotted key; unknown keys are rejected so a
-typo never silently falls back to a default.
+typo never silently falls back to a default. A key written twice in one file is refused, and so
+is true/false where a number belongs.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
 
 DEFAULT_FILE = "params.yaml"
+MERGE_TAG = "tag:yaml.org,2002:merge"   # YAML `<<: *anchor`
 
 Positive = Field(gt=0)
 NonNegative = Field(ge=0)
 Fraction = Field(gt=0, lt=1)
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic reads true as 1 in a number field; in a params file that is a slip, never a count.
+    # Full strict mode would also refuse "3e-4": YAML 1.1 (PyYAML, Snakemake's config) reads an
+    # exponent without a dot as a string, and pydantic turns that string into the float meant.
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean, not a number")
+    return value
+
+
+_NOT_A_BOOLEAN = BeforeValidator(_not_a_boolean)
+Int = Annotated[int, _NOT_A_BOOLEAN]
+Float = Annotated[float, _NOT_A_BOOLEAN]
+OptionalInt = Annotated[int | None, _NOT_A_BOOLEAN]
+OptionalFloat = Annotated[float | None, _NOT_A_BOOLEAN]
 
 
 class Section(BaseModel):
@@ -41,22 +59,22 @@ class Data(Section):
     txt_documents: Literal["blank_line", "file"]
     text_field: str = Field(min_length=1)
     encoding_errors: Literal["replace", "strict"]
-    val_fraction: float = Fraction
-    max_document_chars: int = Field(ge=1000)
+    val_fraction: Float = Fraction
+    max_document_chars: Int = Field(ge=1000)
 
 
 class Tokenizer(Section):
-    vocab_size: int = Positive
-    min_frequency: int = Positive
-    train_sample_bytes: int = NonNegative
+    vocab_size: Int = Positive
+    min_frequency: Int = Positive
+    train_sample_bytes: Int = NonNegative
 
 
 class Model(Section):
-    n_layer: int = Positive
-    n_embd: int = Positive
-    n_head: int = Positive
-    context: int = Field(ge=2)
-    dropout: float = Field(ge=0, lt=1)
+    n_layer: Int = Positive
+    n_embd: Int = Positive
+    n_head: Int = Positive
+    context: Int = Field(ge=2)
+    dropout: Float = Field(ge=0, lt=1)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Model:
@@ -67,52 +85,52 @@ class Model(Section):
 
 class Cost(Section):
     hardware: str
-    num_devices: int = Positive
+    num_devices: Int = Positive
     pricing: Literal["on_demand", "spot", "colab", "owned"]
-    usd_per_hour: float | None = Field(default=None, gt=0)
-    mfu: float | None = Field(default=None, gt=0, le=1)
+    usd_per_hour: OptionalFloat = Field(default=None, gt=0)
+    mfu: OptionalFloat = Field(default=None, gt=0, le=1)
     calibrate: bool
-    calibrate_steps: int = Positive
-    electricity_usd_per_kwh: float = NonNegative
-    pue: float = Field(ge=1)
-    grid_gco2_per_kwh: float = NonNegative
-    memory_headroom: float = Field(ge=0, lt=1)
-    budget_usd: float | None = Field(default=None, gt=0)
-    budget_hours: float | None = Field(default=None, gt=0)
-    budget_kwh: float | None = Field(default=None, gt=0)
+    calibrate_steps: Int = Positive
+    electricity_usd_per_kwh: Float = NonNegative
+    pue: Float = Field(ge=1)
+    grid_gco2_per_kwh: Float = NonNegative
+    memory_headroom: Float = Field(ge=0, lt=1)
+    budget_usd: OptionalFloat = Field(default=None, gt=0)
+    budget_hours: OptionalFloat = Field(default=None, gt=0)
+    budget_kwh: OptionalFloat = Field(default=None, gt=0)
     override_budget: bool
     extra_hardware: dict[str, dict[str, Any]]
 
 
 class Train(Section):
-    tokens_per_step: int = Positive
-    max_steps: int = Positive
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_hours: float | None = Field(default=None, gt=0)
-    micro_batch_size: Literal["auto"] | int
+    tokens_per_step: Int = Positive
+    max_steps: Int = Positive
+    max_tokens: OptionalInt = Field(default=None, gt=0)
+    max_hours: OptionalFloat = Field(default=None, gt=0)
+    micro_batch_size: Annotated[Literal["auto"] | int, _NOT_A_BOOLEAN]
     precision: Literal["auto", "fp32", "fp16", "bf16"]
     activation_checkpointing: Literal["auto"] | bool
     compile: bool
     device: Literal["auto", "cpu", "cuda"]
-    seed: int
-    lr: float = Positive
-    min_lr: float = NonNegative
-    warmup_steps: int = NonNegative
-    weight_decay: float = NonNegative
-    beta1: float = Field(ge=0, lt=1)
-    beta2: float = Field(ge=0, lt=1)
-    grad_clip: float = NonNegative
-    eval_every: int = Positive
-    eval_batches: int = Positive
-    checkpoint_every: int = Positive
-    keep_last: int = Positive
-    patience: int = Positive
-    min_delta: float = NonNegative
-    target_val_loss: float | None = Field(default=None, gt=0)
-    target_perplexity: float | None = Field(default=None, ge=1)
-    max_nonfinite_steps: int = Positive
-    loss_spike_factor: float = Field(gt=1)
-    log_every: int = Positive
+    seed: Int
+    lr: Float = Positive
+    min_lr: Float = NonNegative
+    warmup_steps: Int = NonNegative
+    weight_decay: Float = NonNegative
+    beta1: Float = Field(ge=0, lt=1)
+    beta2: Float = Field(ge=0, lt=1)
+    grad_clip: Float = NonNegative
+    eval_every: Int = Positive
+    eval_batches: Int = Positive
+    checkpoint_every: Int = Positive
+    keep_last: Int = Positive
+    patience: Int = Positive
+    min_delta: Float = NonNegative
+    target_val_loss: OptionalFloat = Field(default=None, gt=0)
+    target_perplexity: OptionalFloat = Field(default=None, ge=1)
+    max_nonfinite_steps: Int = Positive
+    loss_spike_factor: Float = Field(gt=1)
+    log_every: Int = Positive
 
     @model_validator(mode="after")
     def _consistent(self) -> Train:
@@ -125,12 +143,12 @@ class Train(Section):
 
 class Evaluate(Section):
     checkpoints: Literal["all", "best_and_final", "none"]
-    batch_size: int = Positive
+    batch_size: Int = Positive
     prompts: list[str]
-    max_new_tokens: int = Positive
-    temperature: float = Positive
-    top_k: int = Positive
-    seed: int
+    max_new_tokens: Int = Positive
+    temperature: Float = Positive
+    top_k: Int = Positive
+    seed: Int
 
 
 class Params(Section):
@@ -192,17 +210,92 @@ def from_dict(data: dict[str, Any], source: str = "params") -> Params:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise PipelineError(f"params file {path} not found (run from the repository root, or pass --params FILE)")
+    text = _read_text(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
-        raise PipelineError(f"params file {path} is not valid YAML: {exc}") from None
+        raise PipelineError(_describe_yaml_error(exc, path, text)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise PipelineError(f"params file {path} must hold a mapping of sections, not {type(data).__name__}")
     return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise PipelineError(f"params file {path} not found (run from the repository root, or pass "
+                            "--params FILE)") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"params file {path} is not UTF-8 text (first bad byte at offset {exc.start}): "
+                            "save it as UTF-8") from None
+    except OSError as exc:
+        raise PipelineError(f"params file {path} cannot be read ({exc.strerror}): fix its "
+                            "permissions") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping.
+
+    PyYAML silently keeps the last one, so after an edit leaves a second `lr:` far below the
+    first, the value a reader finds first need not be the one the run uses.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _reject_repeated_keys(self, node, "", set())
+        return super().construct_document(node)
+
+
+def _parse_yaml(text: str, name: str) -> Any:
+    loader = _UniqueKeyLoader(text)
+    loader.name = name   # marks (line numbers in errors) carry the file name instead of "<unicode string>"
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _reject_repeated_keys(loader: yaml.SafeLoader, node: yaml.Node, prefix: str, seen: set[int]) -> None:
+    if id(node) in seen:   # an alias: checked where its anchor is, and aliases may form loops
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _reject_repeated_keys(loader, item, f"{prefix}[{index}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+        first_lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            # `<<` merge keys may legally be overridden, and non-scalar keys never occur in params
+            if key_node.tag == MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(key_node)
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            if key in first_lines:
+                raise PipelineError(f"{key_node.start_mark.name}:{line}: {dotted} is given twice "
+                                    f"(first at line {first_lines[key]}): keep one")
+            first_lines[key] = line
+            _reject_repeated_keys(loader, value_node, dotted, seen)
+
+
+def _describe_yaml_error(exc: yaml.YAMLError, path: Path, text: str) -> str:
+    """One line, `params file FILE:LINE:COL: problem (what to do)`, instead of PyYAML's excerpt."""
+    fix = "(not valid YAML: indent with spaces, close every quote and bracket)"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        opened = ""
+        if exc.context and exc.context_mark is not None and exc.context_mark.line != mark.line:
+            opened = f" {exc.context} that starts at line {exc.context_mark.line + 1}"
+        return f"params file {path}:{mark.line + 1}:{mark.column + 1}: {exc.problem}{opened} {fix}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        problem = str(exc).splitlines()[0]
+        return (f"params file {path}:{line}:{column}: {problem} (remove it, or write it as an escape "
+                "inside double quotes)")
+    return f"params file {path}: {' '.join(str(exc).split())} {fix}"
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

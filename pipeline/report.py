@@ -1,12 +1,9 @@
 """The evaluate stage's words: estimate against actual, reports/samples.md and reports/summary.md."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
-from pipeline.params import Params
 
 # quantity -> (unit shown to people, label, +1 when more is worse / -1 when less is worse)
 QUANTITIES = {
@@ -20,31 +17,17 @@ QUANTITIES = {
 }
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A report another stage wrote; None when absent (evaluate works without it)."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc}): rerun the stage that writes it") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path} should hold a JSON object: rerun the stage that writes it")
-    return data
-
-
 # ---- estimate against actual -------------------------------------------------------------------
 
-def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None, reports_dir: Path,
-                       params: Params) -> dict[str, Any]:
+def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None, cost_path: Path,
+                       train_path: Path) -> dict[str, Any]:
     """Each quantity as estimated (reports/cost.json) and measured (reports/train.json), error in %.
 
     Totals (hours, $, kWh, CO2) are estimated for the tokens actually trained: a run that stopped
     early is compared with the estimate's rate, not with the plan it did not finish.
     Error = (actual - estimate) / estimate, so +20% means the run took 20% more than estimated.
     """
-    absent = [str(reports_dir / name) for name, data in (("cost.json", cost), ("train.json", train))
-              if data is None]
+    absent = [str(path) for path, data in ((cost_path, cost), (train_path, train)) if data is None]
     if absent:
         return {"available": False,
                 "note": f"{' and '.join(absent)} not found: estimate against actual needs both the "
@@ -55,7 +38,7 @@ def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None
     kwh_measured = _number(train.get("kwh"))
     kw = _ratio(cost.get("kwh"), cost.get("hours"))          # the estimate's average power, PUE included
     kwh = kwh_measured if kwh_measured is not None else _times(kw, hours)
-    if _recorded_pricing(cost, params) == "owned":
+    if cost["pricing"] == "owned":
         usd = _times(_ratio(cost.get("usd"), cost.get("kwh")), kwh)
         usd_basis = "actual kWh x the estimate's $/kWh"
     else:
@@ -63,7 +46,7 @@ def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None
         usd_basis = "wall hours x the estimate's $/h"
     rows = {
         "hours": (_times(cost.get("hours"), scale), hours),
-        "tokens_per_second": (_ratio(planned, _times(cost.get("hours"), 3600)), train.get("tokens_per_second")),
+        "tokens_per_second": (cost.get("tokens_per_second"), train.get("tokens_per_second")),
         "mfu": (cost.get("mfu"), train.get("mfu")),
         "peak_memory_bytes": (cost.get("peak_memory_bytes"), train.get("peak_memory_bytes")),
         "usd": (_times(cost.get("usd"), scale), usd),
@@ -82,10 +65,6 @@ def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None
         "quantities": {name: {"estimate": _number(est), "actual": _number(act), "error_pct": _error(est, act)}
                        for name, (est, act) in rows.items()},
     }
-
-
-def _recorded_pricing(cost: dict[str, Any], params: Params) -> str:
-    return cost.get("pricing") or params.cost.pricing
 
 
 def _number(x: Any) -> float | None:
@@ -139,7 +118,8 @@ def samples_markdown(samples: list[dict[str, Any]], ev) -> str:
 # ---- summary.md --------------------------------------------------------------------------------
 
 def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: dict[str, Any] | None,
-                     samples: list[dict[str, Any]], model_dir: Path, ckpt_dir: Path, reports_dir: Path) -> str:
+                     samples: list[dict[str, Any]], model_dir: Path, ckpt_dir: Path, files: dict[str, Path]) -> str:
+    """files: the paths of the reports it points to (eval, samples, plots, cost, train)."""
     m = result["model"]
     out = ["# Run summary", ""]
     shape = ", ".join(f"{k} {m[k]}" for k in ("n_layer", "n_embd", "n_head", "n_positions") if k in m)
@@ -148,18 +128,25 @@ def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: di
     out.append(f"- **Data**: {_int(manifest.get('train_tokens'))} train tokens, {_int(manifest.get('val_tokens'))} "
                f"val tokens ({_int(manifest.get('val_bytes'))} bytes, "
                f"{_num(manifest.get('bytes_per_token'))} bytes/token).")
-    out.append(f"- **Training**: {_training_line(train, reports_dir)}")
+    out.append(f"- **Training**: {_training_line(train, files['train'])}")
     out += ["", *_quality(result), "", *_checkpoints(result), "", *_samples(samples), "",
-            *_cost(result["estimate_vs_actual"]), "", *_files(model_dir, ckpt_dir, reports_dir), ""]
+            *_cost(result["estimate_vs_actual"]), "", *_files(model_dir, ckpt_dir, files), ""]
     return "\n".join(out)
 
 
-def _training_line(train: dict[str, Any] | None, reports_dir: Path) -> str:
+def _training_line(train: dict[str, Any] | None, train_path: Path) -> str:
     if train is None:
-        return f"no {reports_dir / 'train.json'} (a model evaluated on its own)."
-    return (f"stopped because **{train.get('stop_reason', 'unknown')}** after {_int(train.get('steps'))} steps, "
-            f"{_int(train.get('tokens'))} tokens, {_num(train.get('wall_hours'))} h on {train.get('device', '?')} "
-            f"({train.get('precision', '?')}).")
+        return f"no {train_path} (a model evaluated on its own)."
+    line = (f"stopped because **{train['stop_reason']}** after {_int(train['steps'])} steps, "
+            f"{_int(train['tokens'])} tokens, {_num(train['wall_hours'])} h on {train['device']} "
+            f"({train['precision']}); the model is {train.get('final_weights') or 'the last weights'}.")
+    if train["overflow_steps_skipped"]:
+        line += f" {train['overflow_steps_skipped']} fp16 overflow step(s) skipped by the loss scaler."
+    if train["nonfinite_steps_skipped"]:
+        line += f" {train['nonfinite_steps_skipped']} step(s) with a non-finite loss skipped."
+    if train.get("quarantined_checkpoints"):
+        line += (f" Incomplete or corrupt checkpoint(s) set aside: {', '.join(train['quarantined_checkpoints'])}.")
+    return line
 
 
 def _quality(result: dict[str, Any]) -> list[str]:
@@ -231,13 +218,13 @@ def _cost(eva: dict[str, Any]) -> list[str]:
     return out
 
 
-def _files(model_dir: Path, ckpt_dir: Path, reports_dir: Path) -> list[str]:
+def _files(model_dir: Path, ckpt_dir: Path, files: dict[str, Path]) -> list[str]:
     return ["## Files", "",
-            f"- `{reports_dir}/eval.json`: every number above (`dvc metrics show`)",
-            f"- `{reports_dir}/samples.md`: all samples",
-            f"- `{reports_dir}/plots/`: loss.png, checkpoints.png, estimate_vs_actual.png and their CSV data "
+            f"- `{files['eval']}`: every number above (`dvc metrics show`)",
+            f"- `{files['samples']}`: all samples",
+            f"- `{files['plots']}/`: loss.png, checkpoints.png, estimate_vs_actual.png and their CSV data "
             "(`dvc plots show`)",
-            f"- `{reports_dir}/cost.md`, `{reports_dir}/train.json`: the estimate and the training report",
+            f"- `{files['cost']}`, `{files['train']}`: the estimate and the training report",
             f"- `{model_dir}`: the model and tokenizer (`AutoModelForCausalLM.from_pretrained`)",
             f"- `{ckpt_dir}/`: kept checkpoints"]
 

@@ -16,16 +16,22 @@ from pipeline.params import Params
 PACKAGE = Path(__file__).resolve().parent
 # Data files a module reads at run time: a change to them is a change to the module.
 MODULE_DATA = {"hardware": ("hardware.yaml",)}
+# The registry and dvc.yaml's generator: what they declare reaches each driver stage by stage (its
+# params, deps and outs in dvc.yaml and the Snakefile), so an edit to one stage's declaration must
+# not rerun every stage as a code change would.
+NOT_CODE = frozenset({"stages", "dag"})
 
 
 def code_deps(module: str) -> tuple[str, ...]:
     """The CLI plus every pipeline module `module` imports, transitively, and their data files:
     derived from the source, so a new helper module can never be missing from the deps."""
+    if not (PACKAGE / f"{module}.py").is_file():
+        raise ValueError(f"code_deps: no module pipeline/{module}.py (a misspelled stage?)")
     seen: list[str] = []
     todo = ["__main__", module]
     while todo:
         name = todo.pop(0)
-        if name in seen or not (PACKAGE / f"{name}.py").is_file():
+        if name in seen or name in NOT_CODE or not (PACKAGE / f"{name}.py").is_file():
             continue
         seen.append(name)
         tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
@@ -42,18 +48,73 @@ def code_deps(module: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """One output of one stage, passed to that stage's `run` (and to later stages') by `name`.
+
+    Its format is owned by the module that writes it: the files inside a directory artifact are
+    named there (pipeline/tokens.py names train.bin, val.bin, manifest.json), a record's fields
+    by its Record class.
+    """
+
+    name: str                   # the keyword argument of the stages' run() functions
+    template: str               # a path over params.paths: "{reports}/plan.json"
+    directory: bool = False
+    role: str = "data"          # data: DVC caches it | report: kept in git | metrics | persistent
+    # read by later stages by content, never by timestamp: a budget change rewrites the cost
+    # report but leaves the plan byte-identical, and must not retrain (Snakefile: ancient)
+    by_content: bool = False
+
+
+CORPUS = Artifact("corpus", "{corpus}", directory=True)
+TOKENIZER = Artifact("tokenizer", "{tokenizer}", directory=True)        # pipeline/tokenize.py
+TOKENS = Artifact("tokens", "{tokens}", directory=True)                 # pipeline/tokens.py: TokenManifest
+PLAN = Artifact("plan", "{reports}/plan.json", role="report", by_content=True)  # pipeline/plan.py: Plan
+COST = Artifact("cost", "{reports}/cost.json", role="metrics")          # pipeline/estimate.py: CostReport
+COST_MD = Artifact("cost_md", "{reports}/cost.md", role="report")
+MODEL = Artifact("model", "{model}", directory=True)                    # save_pretrained
+CHECKPOINTS = Artifact("checkpoints", "{checkpoints}", directory=True, role="persistent")  # pipeline/checkpoint.py
+TRAIN_LIVE = Artifact("train_live", "{reports}/train_live", directory=True, role="report")  # DVCLive
+TRAIN_REPORT = Artifact("train_report", "{reports}/train.json", role="metrics")  # pipeline/train.py: TrainReport
+SAMPLES = Artifact("samples_md", "{reports}/samples.md", role="report")
+SUMMARY = Artifact("summary_md", "{reports}/summary.md", role="report")
+PLOTS = Artifact("plots_dir", "{reports}/plots", directory=True, role="report")     # pipeline/plots.py
+EVAL = Artifact("eval_report", "{reports}/eval.json", role="metrics")          # pipeline/evaluate.py
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
-    deps: tuple[str, ...]          # data it reads
+    inputs: tuple[Artifact, ...]
     params: tuple[str, ...]        # params keys or whole sections it reads
-    outs: tuple[str, ...] = ()     # outputs DVC caches and Snakemake tracks
-    small_outs: tuple[str, ...] = ()   # outputs kept in git rather than the DVC cache (reports)
-    persistent: tuple[str, ...] = ()   # outputs that survive reruns: resume state, never deleted
-    metrics: tuple[str, ...] = ()
-    # deps that are a function of this stage's own params and other deps: rerun on their content
-    # (DVC's way), never on their timestamps, so a budget change does not retrain (Snakefile: ancient)
-    content_deps: tuple[str, ...] = ()
+    outputs: tuple[Artifact, ...]
     gpu: bool = False              # holds the GPU: one such job at a time
+
+    def _templates(self, role: str) -> tuple[str, ...]:
+        return tuple(a.template for a in self.outputs if a.role == role)
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        return tuple(a.template for a in self.inputs if not a.by_content)
+
+    @property
+    def content_deps(self) -> tuple[str, ...]:
+        return tuple(a.template for a in self.inputs if a.by_content)
+
+    @property
+    def outs(self) -> tuple[str, ...]:
+        return self._templates("data")
+
+    @property
+    def small_outs(self) -> tuple[str, ...]:
+        return self._templates("report")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self._templates("metrics")
+
+    @property
+    def persistent(self) -> tuple[str, ...]:
+        return self._templates("persistent")
 
     @property
     def all_deps(self) -> tuple[str, ...]:
@@ -67,49 +128,64 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="tokenize",
-        deps=("{corpus}",),
+        inputs=(CORPUS,),
         params=("paths.corpus", "paths.tokenizer", "paths.tokens", "data", "tokenizer"),
-        outs=("{tokenizer}", "{tokens}"),
+        outputs=(TOKENIZER, TOKENS),
     ),
     Stage(
         name="estimate",
-        deps=("{tokens}", "{tokenizer}"),
+        inputs=(TOKENS, TOKENIZER),
         params=("paths.tokens", "paths.tokenizer", "paths.reports", "model", "cost",
-                "train.tokens_per_step", "train.max_steps", "train.max_tokens",
-                "train.micro_batch_size", "train.precision", "train.activation_checkpointing",
-                "train.device"),
-        small_outs=("{reports}/plan.json", "{reports}/cost.md"),
-        metrics=("{reports}/cost.json",),
+                "train.tokens_per_step", "train.max_steps", "train.max_tokens", "train.eval_every",
+                "train.eval_batches", "train.micro_batch_size", "train.precision",
+                "train.activation_checkpointing", "train.device", "train.seed"),
+        outputs=(PLAN, COST_MD, COST),
     ),
     Stage(
         name="train",
-        deps=("{tokens}", "{tokenizer}"),
+        inputs=(TOKENS, TOKENIZER, PLAN),
         # every key the plan depends on, so that the plan changes only when these do
         params=("paths", "model", "train", "cost.hardware", "cost.extra_hardware",
                 "cost.memory_headroom", "cost.num_devices"),
-        content_deps=("{reports}/plan.json",),
-        outs=("{model}",),
-        small_outs=("{reports}/train_live",),
-        persistent=("{checkpoints}",),
-        metrics=("{reports}/train.json",),
+        outputs=(MODEL, TRAIN_LIVE, CHECKPOINTS, TRAIN_REPORT),
         gpu=True,
     ),
     Stage(
         name="evaluate",
-        # It also reads {checkpoints}, which no driver may own (see train): train.json changes
-        # whenever they do.
-        deps=("{model}", "{tokens}", "{tokenizer}", "{reports}/cost.json", "{reports}/train.json",
-              "{reports}/train_live"),
+        # It also reads the checkpoints, which no driver may own (see train): the train report
+        # changes whenever they do.
+        inputs=(MODEL, TOKENS, TOKENIZER, COST, TRAIN_REPORT, TRAIN_LIVE),
         params=("paths", "model.context", "train.device", "train.tokens_per_step", "evaluate"),
-        small_outs=("{reports}/samples.md", "{reports}/summary.md", "{reports}/plots"),
-        metrics=("{reports}/eval.json",),
+        outputs=(SAMPLES, SUMMARY, PLOTS, EVAL),
         gpu=True,
     ),
 )
+# what a stage reads besides its declared inputs: checkpoints, which only train may own
+READS_UNDECLARED = {"evaluate": (CHECKPOINTS,)}
 
 
 def by_name(name: str) -> Stage:
-    return next(stage for stage in STAGES if stage.name == name)
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
+
+
+def paths_for(stage: Stage, params: Params) -> dict[str, Path]:
+    """Every artifact the stage reads or writes, resolved over params.paths: its run()'s keywords."""
+    values = {k: str(v) for k, v in params.section("paths").items()}
+    artifacts = stage.inputs + stage.outputs + READS_UNDECLARED.get(stage.name, ())
+    return {a.name: Path(a.template.format(**values)) for a in artifacts}
+
+
+def run_stage(name: str, params: Params, **paths: Path) -> Any:
+    """Run one stage in this process with its resolved paths (some may be given instead): what
+    the CLI does, and what tests call."""
+    import importlib
+
+    stage = by_name(name)
+    module = importlib.import_module(f"pipeline.{name}")
+    return module.run(params, **{**paths_for(stage, params), **paths})
 
 
 def params_of(stage: Stage, params: Params) -> dict[str, Any]:

@@ -22,27 +22,26 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from pipeline import provenance
-from pipeline.atomic import staging_dir, write_json
+from pipeline.atomic import staging_dir
 from pipeline.corpus import Corpus
 from pipeline.errors import PipelineError
 from pipeline.params import Params
-from pipeline.tokens import TokenWriter, dtype_for_vocab
+from pipeline.tokens import (MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, TokenWriter,
+                             dtype_for_vocab)
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = (EOT,)
 BYTE_ALPHABET = 256
 # Characters handed to one encode_batch call per split. Larger chunks are no faster, and a chunk
-# of many big documents is what made encoding peak at 2.6 GB (FIELD-NOTES).
+# of many big documents is what made encoding peak at 2.6 GB on a 200 MB corpus (bench/README.md).
 CHUNK_CHARS = 4_000_000
 BATCH_CHARS = 1_000_000   # characters per batch handed to the BPE trainer
 T = TypeVar("T")
 
 
-def run(params: Params, corpus: str | Path | None = None, tokenizer_dir: str | Path | None = None,
-        tokens_dir: str | Path | None = None) -> dict:
-    corpus = Path(corpus or params.paths.corpus)
-    tokenizer_dir = Path(tokenizer_dir or params.paths.tokenizer)
-    tokens_dir = Path(tokens_dir or params.paths.tokens)
+def run(params: Params, *, corpus: Path, tokenizer: Path, tokens: Path) -> TokenManifest:
+    """Train the tokenizer on `corpus` and write it to `tokenizer`; encode into `tokens`."""
+    corpus, tokenizer_dir, tokens_dir = Path(corpus), Path(tokenizer), Path(tokens)
     _check_vocab(params.tokenizer.vocab_size)
     source = Corpus(corpus, params.data)
     started = time.perf_counter()
@@ -57,8 +56,8 @@ def run(params: Params, corpus: str | Path | None = None, tokenizer_dir: str | P
         dtype = dtype_for_vocab(tokenizer.get_vocab_size())
         splits = _encode(source, tokenizer, tokens_stage, dtype)
         _check_counts(corpus, splits["train"].documents, splits["val"].documents)
-        manifest = _manifest(params, splits, tokenizer, dtype, tok_stage, tokens_stage, source.replacements)
-        write_json(tokens_stage / "manifest.json", manifest)
+        manifest = _manifest(params, splits, tokenizer, dtype, tok_stage, tokens_stage, source)
+        manifest.write(tokens_stage / MANIFEST_FILE)
     _print_summary(corpus, manifest, sample, time.perf_counter() - started)
     return manifest
 
@@ -177,7 +176,7 @@ class _Split:
 def _encode(source: Corpus, tokenizer: Tokenizer, directory: Path, dtype: np.dtype) -> dict[str, _Split]:
     vocab_size = tokenizer.get_vocab_size()
     eot = np.array([tokenizer.token_to_id(EOT)], dtype=dtype)
-    with TokenWriter(directory / "train.bin", dtype) as train, TokenWriter(directory / "val.bin", dtype) as val:
+    with TokenWriter(directory / TRAIN_FILE, dtype) as train, TokenWriter(directory / VAL_FILE, dtype) as val:
         splits = {"train": _Split(train, counts=np.zeros(vocab_size, np.int64)), "val": _Split(val)}
         for batch in _read_ahead(_batches(source)):
             encodings = tokenizer.encode_batch_fast(batch.texts, add_special_tokens=False)
@@ -255,11 +254,11 @@ def _check_counts(corpus: str | Path, train_documents: int, val_documents: int) 
 
 
 def _manifest(params: Params, splits: dict[str, _Split], tokenizer: Tokenizer, dtype: np.dtype,
-              tok_dir: Path, tokens_dir: Path, replacements: int) -> dict:
+              tok_dir: Path, tokens_dir: Path, source: Corpus) -> TokenManifest:
     train, val = splits["train"], splits["val"]
     tokens = train.tokens + val.tokens
     vocab_size, eot_token_id = tokenizer.get_vocab_size(), tokenizer.token_to_id(EOT)
-    return {
+    return TokenManifest.make(**{
         "train_tokens": train.tokens,
         "val_tokens": val.tokens,
         "documents": {"train": train.documents, "val": val.documents},
@@ -269,12 +268,13 @@ def _manifest(params: Params, splits: dict[str, _Split], tokenizer: Tokenizer, d
         "vocab_size": vocab_size,
         "dtype": dtype.name,
         "eot_token_id": eot_token_id,
-        "sha256": {name: provenance.file_sha256(tokens_dir / name) for name in ("train.bin", "val.bin")},
-        "tokenizer_sha256": provenance.file_sha256(tok_dir / "tokenizer.json"),
+        "sha256": {name: provenance.file_sha256(tokens_dir / name) for name in (TRAIN_FILE, VAL_FILE)},
+        "tokenizer_sha256": provenance.file_sha256(tok_dir / TOKENIZER_FILE),
         "unigram_entropy_nats": round(_entropy(train.counts), 6),
-        "invalid_utf8_replacements": replacements,
+        "invalid_utf8_replacements": source.replacements,
+        "skipped_entries": {kind: paths for kind, paths in source.skipped.items() if paths},
         **provenance.record({name: params.section(name) for name in ("paths", "data", "tokenizer")}),
-    }
+    })
 
 
 def _entropy(counts: np.ndarray) -> float:
@@ -287,14 +287,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
 
 
-def _print_summary(corpus: Path, manifest: dict, sample: _Sample, seconds: float) -> None:
-    docs = manifest["documents"]
+def _print_summary(corpus: Path, manifest: TokenManifest, sample: _Sample, seconds: float) -> None:
+    docs = manifest.documents
     print(f"tokenize: {corpus}: {docs['train']:,} train / {docs['val']:,} val documents -> "
-          f"{manifest['train_tokens']:,} / {manifest['val_tokens']:,} tokens, "
-          f"{manifest['bytes_per_token']:.2f} bytes/token, vocab {manifest['vocab_size']:,} "
-          f"({manifest['dtype']}); BPE trained on {sample.bytes / 1e6:,.1f} MB in {sample.seconds:.1f} s; "
+          f"{manifest.train_tokens:,} / {manifest.val_tokens:,} tokens, "
+          f"{manifest.bytes_per_token:.2f} bytes/token, vocab {manifest.vocab_size:,} "
+          f"({manifest.dtype}); BPE trained on {sample.bytes / 1e6:,.1f} MB in {sample.seconds:.1f} s; "
           f"{seconds:.1f} s in all; peak RSS {sample.peak_rss_mb:,.0f} MB after BPE training, "
           f"{_peak_rss_mb():,.0f} MB at the end")
-    if manifest["invalid_utf8_replacements"]:
-        print(f"tokenize: warning: {manifest['invalid_utf8_replacements']:,} undecodable bytes were "
+    if manifest.invalid_utf8_replacements:
+        print(f"tokenize: warning: {manifest.invalid_utf8_replacements:,} undecodable bytes were "
               "replaced by U+FFFD (data.encoding_errors: strict makes this an error)")

@@ -8,7 +8,9 @@ Layout (little-endian), as llm.c does it: a fixed 256-byte header, then `count` 
     offset 16  u64  token count
     offset 24  ...  zero padding to 256 bytes
 
-Readers check every field against the file size before trusting a byte.
+Readers check every field against the file size before trusting a byte. The token directory's
+manifest (TokenManifest) is defined here too, with the file names: every stage reads them through
+this module.
 """
 from __future__ import annotations
 
@@ -16,10 +18,14 @@ import os
 import struct
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 from pipeline.atomic import staging_file
 from pipeline.errors import PipelineError
+from pipeline.provenance import file_sha256
+from pipeline.record import Record
 
 MAGIC = b"BGPTTOK\0"
 VERSION = 1
@@ -116,3 +122,81 @@ def read_tokens(path: str | Path) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+# ---- the token directory: train.bin, val.bin and the manifest that describes them ---------------
+
+TRAIN_FILE = "train.bin"
+VAL_FILE = "val.bin"
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"   # inside the tokenizer directory, as save_pretrained names it
+
+
+class TokenManifest(Record):
+    """data/tokens/manifest.json: what tokenize made, read by every later stage through `load`."""
+
+    FORMAT = 1
+    WRITTEN_BY = "tokenize"
+
+    train_tokens: int
+    val_tokens: int
+    documents: dict[str, int]
+    train_bytes: int
+    val_bytes: int
+    bytes_per_token: float
+    vocab_size: int
+    dtype: str
+    eot_token_id: int
+    sha256: dict[str, str]           # per token file
+    tokenizer_sha256: str
+    unigram_entropy_nats: float
+    invalid_utf8_replacements: int
+    skipped_entries: dict[str, list[str]] = {}   # corpus entries skipped, by reason
+    params: dict[str, Any]
+    versions: dict[str, str]
+    git_revision: str | None
+
+
+def load(tokens_dir: str | Path, tokenizer_dir: str | Path, *, verify_files: bool = True) -> TokenManifest:
+    """The manifest, checked against the tokenizer a model will be trained or scored with and,
+    with verify_files, against the token files themselves (hash, count, id range).
+
+    A train stage that ran on token files or a tokenizer other than the manifest's would ship a
+    model whose tokenizer does not match its weights: every mismatch is an error here.
+    """
+    tokens_dir, tokenizer_dir = Path(tokens_dir), Path(tokenizer_dir)
+    manifest = TokenManifest.read(tokens_dir / MANIFEST_FILE)
+    rerun = "rerun the tokenize stage (python -m pipeline tokenize)"
+    tokenizer_file = tokenizer_dir / TOKENIZER_FILE
+    if not tokenizer_file.is_file():
+        raise PipelineError(f"tokenizer {tokenizer_file} not found: {rerun}")
+    digest = file_sha256(tokenizer_file)
+    if digest != manifest.tokenizer_sha256:
+        raise PipelineError(f"{tokenizer_file} is not the tokenizer {tokens_dir / MANIFEST_FILE} was made with "
+                            f"(sha256 {digest[:12]}..., the manifest says {manifest.tokenizer_sha256[:12]}...): {rerun}")
+    vocab = _vocab_size(tokenizer_file)
+    if vocab != manifest.vocab_size:
+        raise PipelineError(f"{tokens_dir / MANIFEST_FILE} says vocab_size {manifest.vocab_size} but {tokenizer_file} "
+                            f"has {vocab} tokens: {rerun}")
+    if verify_files:
+        for name, count in ((TRAIN_FILE, manifest.train_tokens), (VAL_FILE, manifest.val_tokens)):
+            _verify_file(tokens_dir / name, manifest.sha256.get(name), count, manifest.vocab_size, rerun)
+    return manifest
+
+
+def _vocab_size(tokenizer_file: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+
+
+def _verify_file(path: Path, sha256: str | None, count: int, vocab_size: int, rerun: str) -> None:
+    _, found = read_header(path)
+    if found != count:
+        raise PipelineError(f"{path} holds {found:,} tokens but its manifest says {count:,}: {rerun}")
+    if file_sha256(path) != sha256:
+        raise PipelineError(f"{path} is not the file its manifest describes (sha256 differs): {rerun}")
+    ids = read_tokens(path)
+    top = int(ids.max()) if len(ids) else -1
+    if top >= vocab_size:
+        raise PipelineError(f"{path} holds token id {top}, outside the vocabulary of {vocab_size}: {rerun}")

@@ -3,19 +3,19 @@
     python -m pipeline train --params params.yaml --params params/demo.yaml
     torchrun --standalone --nproc_per_node 2 -m pipeline train ...      # DDP, same code
 
-Reads data/tokens/, data/tokenizer/ and (when train.* are "auto") reports/plan.json; writes
-checkpoints/step-NNNNNN/ + checkpoints/manifest.json, models/final/, reports/train.json and
-per-step metrics in reports/train_live/ (DVCLive).
+Reads the token files (verified against their manifest and tokenizer) and the estimate stage's
+plan (refused when made for another device); writes checkpoints (pipeline/checkpoint.py), the
+final model in save_pretrained format with its tokenizer, the train report (TrainReport) and
+per-step metrics (DVCLive).
 
-accelerate sets up devices and DDP; autocast and the fp16 GradScaler are ours because accelerate,
-asked for fp16 on CPU, trains in fp32 while reporting fp16. The precision recorded is the dtype the
-model's logits really came out in.
+accelerate sets up devices and DDP; the step itself is pipeline/step.py. The precision recorded
+is the dtype the model's logits really came out in.
 """
 from __future__ import annotations
 
-import json
 import math
 import signal
+import statistics
 import sys
 import threading
 from contextlib import contextmanager, nullcontext
@@ -32,24 +32,74 @@ from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_war
 from transformers.utils import logging as hf_logging
 
 from pipeline import checkpoint as ckpt
-from pipeline.atomic import staging_dir, write_json
+from pipeline.atomic import staging_dir
 from pipeline.batches import TrainWindows, stack_windows, val_starts
 from pipeline.errors import PipelineError
 from pipeline.model import build_model, count_parameters
 from pipeline.params import Params
+from pipeline.plan import Setup, resolve_device, setup_for
 from pipeline.provenance import record
-from pipeline.tokens import read_tokens
+from pipeline.record import Record
+from pipeline.step import TrainStep, autocast, optimizer_for
+from pipeline.tokens import TRAIN_FILE, VAL_FILE, TokenManifest, load as load_manifest, read_tokens
 from pipeline.trainlog import Meter, TrainLog
-from pipeline.trainsetup import Setup, resolve_device, resolve_setup
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PRECISION_OF = {v: k for k, v in DTYPES.items()}
-# Train losses averaged to judge a spike: long enough to ride out batch-to-batch noise.
+# Train losses whose median judges a spike: long enough to ride out batch-to-batch noise.
 SPIKE_WINDOW = 20
+SPIKE_MIN_HISTORY = 5
+# A model that predicts uniformly scores ln(vocab); a loss this far above it is a model that is
+# confidently wrong about everything: it diverged, whatever its history.
+ABSURD_LOSS_FACTOR = 1.5
+# A validation this many times the best one so far: the weights left the basin they were in.
+VAL_DIVERGENCE_FACTOR = 1.5
+OVERFLOW_LINES = 10  # fp16 overflow skips shown on the terminal; all are counted in train.json
 # Train params that shape the weights: a checkpoint made with other values is another run.
 # Stopping rules (max_steps, patience, ...) and the hardware plan may change on resume.
 RESUME_KEYS = ("seed", "tokens_per_step", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2",
                "grad_clip")
+
+
+class TrainReport(Record):
+    """reports/train.json: what the run did, read by the evaluate stage."""
+
+    FORMAT = 1
+    WRITTEN_BY = "train"
+
+    steps: int
+    tokens: int
+    epochs: float
+    stop_reason: str
+    stop_message: str | None = None
+    resumed_from: str | None
+    final_weights: str | None          # the checkpoint models/final holds: the best one after early stopping
+    wall_hours: float
+    tokens_per_second: float | None
+    this_run_hours: float
+    seconds: dict[str, float]
+    mfu: float | None
+    mfu_device: str | None
+    flops_per_token: float | None
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    kwh: float | None
+    kwh_source: str | None
+    precision: str
+    device: str
+    parameters: int
+    world: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    activation_checkpointing: bool
+    compile: bool
+    settings_from: str
+    loss: dict[str, Any]
+    nonfinite_steps_skipped: int
+    overflow_steps_skipped: int
+    quarantined_checkpoints: list[str] = []
+    checkpoints: dict[str, Any] | None
+    params: dict[str, Any]
+    versions: dict[str, str]
+    git_revision: str | None
 
 
 class TrainingInterrupted(PipelineError):
@@ -61,64 +111,76 @@ class TrainingInterrupted(PipelineError):
 
 
 class TrainingDiverged(PipelineError):
-    """Non-finite or spiking loss: stopped without saving the suspect weights."""
+    """Non-finite, absurd or spiking loss: stopped without saving the suspect weights."""
 
 
-def run(params: Params, tokens: str | Path | None = None, tokenizer: str | Path | None = None,
-        plan: str | Path | None = None) -> dict[str, Any]:
-    paths = params.paths
-    tokens = Path(tokens or paths.tokens)
-    tokenizer = Path(tokenizer or paths.tokenizer)
-    plan = Path(plan or paths.reports / "plan.json")
-    manifest = _read_manifest(tokens)
+def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Path, train_live: Path,
+        checkpoints: Path, train_report: Path) -> TrainReport:
+    tokens, tokenizer = Path(tokens), Path(tokenizer)
+    manifest = load_manifest(tokens, tokenizer)
+    tokenizer_files = _load_tokenizer(tokenizer, params)  # before any step: a missing one fails now
     hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar, once per checkpoint, is noise
     device = resolve_device(params.train.device)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
-    setup = resolve_setup(params, plan, device, accelerator.num_processes)
-    trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer)
+    setup = setup_for(params, Path(plan), device, accelerator.num_processes, manifest.vocab_size)
+    outputs = {"model": Path(model), "train_live": Path(train_live), "checkpoints": Path(checkpoints),
+               "train_report": Path(train_report)}
+    trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs)
     try:
         with _signals_caught() as caught:
             trainer.caught = caught
             return trainer.fit()
     finally:
-        del trainer  # the seeds' `del model; torch.cuda.empty_cache()`: leave the GPU to the next stage
+        del trainer  # leave the GPU to the next stage
         if device == "cuda":
             torch.cuda.empty_cache()
 
 
+def _load_tokenizer(tokenizer_dir: Path, params: Params):
+    """The tokenizer models/final will ship, loaded from disk only (never the Hub), with the
+    context as its model_max_length and truncation from the left, as generation wants it."""
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, truncation_side="left",
+                                             model_max_length=params.model.context)
+    except Exception as exc:  # transformers raises OSError, ValueError, ... for one cause
+        raise PipelineError(f"the tokenizer in {tokenizer_dir} cannot be loaded ({type(exc).__name__}): "
+                            "rerun the tokenize stage") from None
+
+
 class Trainer:
-    def __init__(self, params: Params, setup: Setup, accelerator: Accelerator, manifest: dict[str, Any],
-                 tokens: Path, tokenizer: Path):
+    def __init__(self, params: Params, setup: Setup, accelerator: Accelerator, manifest: TokenManifest,
+                 tokens: Path, tokenizer, outputs: dict[str, Path]):
         self.params, self.setup, self.acc, self.manifest = params, setup, accelerator, manifest
-        self.tokenizer_dir = tokenizer
+        self.tokenizer, self.out = tokenizer, outputs
         self.cfg = params.train
-        self.root = params.paths.checkpoints
+        self.root = outputs["checkpoints"]
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.context = params.model.context
-        self.vocab = int(manifest["vocab_size"])
-        self.windows = TrainWindows(tokens / "train.bin", self.context,
+        self.vocab = manifest.vocab_size
+        self.windows = TrainWindows(tokens / TRAIN_FILE, self.context,
                                     self.cfg.tokens_per_step // self.context, self.cfg.seed)
-        self.val_tokens = read_tokens(tokens / "val.bin")
+        self.val_tokens = read_tokens(tokens / VAL_FILE)
         # the subset depends on params alone, so val losses stay comparable across a resume on
         # other hardware (another micro-batch or process count), which early stopping relies on
-        val = val_starts(tokens / "val.bin", self.context, self.cfg.eval_batches * self.windows.seqs_per_step)
+        val = val_starts(tokens / VAL_FILE, self.context, self.cfg.eval_batches * self.windows.seqs_per_step)
         self.val_mine = val[self.rank::self.world]
         self.caught: dict[str, int] = {}
 
         torch.manual_seed(self.cfg.seed)
-        self.raw = build_model(params.model, self.vocab, int(manifest["eot_token_id"])).to(accelerator.device)
+        self.raw = build_model(params.model, self.vocab, manifest.eot_token_id).to(accelerator.device)
         self.parameters = count_parameters(self.raw)
         if setup.activation_checkpointing:
             self.raw.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model = accelerator.prepare(torch.compile(self.raw) if setup.compile else self.raw)
-        self.optimizer = self._optimizer()
+        self.step_fn = TrainStep(self.raw, optimizer_for(self.raw, self.cfg), precision=setup.precision,
+                                 device=setup.device, grad_clip=self.cfg.grad_clip)
+        self.optimizer, self.scaler = self.step_fn.optimizer, self.step_fn.scaler
         horizon = self.cfg.max_steps
         if self.cfg.max_tokens:
             horizon = min(horizon, math.ceil(self.cfg.max_tokens / self.cfg.tokens_per_step))
         self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             self.optimizer, self.cfg.warmup_steps, horizon, min_lr=self.cfg.min_lr)
-        self.scaler = torch.amp.GradScaler(setup.device, enabled=setup.precision == "fp16")
-        self.autocast_dtype = DTYPES[setup.precision]
+        self.absurd_loss = ABSURD_LOSS_FACTOR * math.log(self.vocab)
 
         self.step = 0
         self.train_hours = 0.0  # across resumes
@@ -132,23 +194,46 @@ class Trainer:
         self.time_up = False
         self.ran_precision: str | None = None
         self.resumed_from: str | None = None
+        self.quarantined: list[str] = []
 
     # ---- the loop
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> TrainReport:
+        with self._run_lock():
+            return self._fit()
+
+    @contextmanager
+    def _run_lock(self) -> Iterator[None]:
+        """One run per checkpoints directory: rank 0 holds the lock and tells the others whether it got it."""
+        lock = ckpt.RunLock(self.root) if self.acc.is_main_process else nullcontext()
+        refused: list[str | None] = [None]
+        try:
+            lock.__enter__()
+        except PipelineError as exc:
+            refused = [str(exc)]
+        if self.world > 1:
+            broadcast_object_list(refused)
+        if refused[0]:
+            raise PipelineError(refused[0])
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+
+    def _fit(self) -> TrainReport:
         self._resume()
         self._announce()
         self.meter = Meter(self.params, self.setup, self.vocab, self.acc.device)
-        self.log = TrainLog(self.params.paths.reports / "train_live", self.acc.is_main_process,
-                            self.cfg, self.step)
+        self.log = TrainLog(self.out["train_live"], self.acc.is_main_process, self.cfg, self.step)
         try:
             self.log.replay(self.history)
             while not (reason := self._stop_reason()):
                 self._train_step()
                 if self.caught:
                     self._interrupted()
-                if self.step % self.cfg.eval_every == 0 or self.step % self.cfg.checkpoint_every == 0:
-                    self._evaluate()
-                if self.step % self.cfg.checkpoint_every == 0:
+                improved = self.step % self.cfg.eval_every == 0 and self._evaluate()
+                # an improving validation is checkpointed too, so the best weights can always be
+                # shipped after early stopping
+                if self.step % self.cfg.checkpoint_every == 0 or improved:
                     self._checkpoint()
             if self.last_eval_step != self.step:
                 self._evaluate()
@@ -166,16 +251,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.acc.device)
         for micro in range(s.grad_accum_steps):
             x, y = self.windows.batch(self.step, micro, self.rank, self.world, s.micro_batch_size)
-            x, y = self._to_device(x), self._to_device(y)
             last = micro == s.grad_accum_steps - 1
             with nullcontext() if last else self.acc.no_sync(self.model):
-                with self._autocast():
-                    logits = self.model(input_ids=x).logits
-                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-                self._check_precision(logits)
-                # each micro-batch holds the same number of tokens, so mean/accum is the step's mean
-                self.scaler.scale(loss / s.grad_accum_steps).backward()
-            loss_sum += loss.detach()
+                loss_sum += self.step_fn.micro(self._to_device(x), self._to_device(y), s.grad_accum_steps,
+                                               model=self.model)
+            self._check_precision()
         signalled = float(bool(self.caught))
         over_time = float(bool(cfg.max_hours) and self.train_hours + self.meter.run_hours() >= cfg.max_hours)
         agreed = self.acc.reduce(torch.stack([loss_sum / s.grad_accum_steps,
@@ -190,6 +270,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         grad_norm = None
         if not math.isfinite(loss_value):
+            self.step_fn.discard()
             self.nonfinite_in_row += 1
             self.counts["nonfinite_steps_skipped"] += 1
             if self.nonfinite_in_row >= cfg.max_nonfinite_steps:
@@ -197,16 +278,11 @@ class Trainer:
                                                  f"steps in a row (step {self.step + 1})")
         else:
             self.nonfinite_in_row = 0
-            self._check_spike(loss_value)
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip or math.inf)
-            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if scale is not None and self.scaler.get_scale() < scale:
-                self.counts["overflow_steps_skipped"] += 1
-            grad_norm = norm.item()
-        self.optimizer.zero_grad(set_to_none=True)
+            self._check_loss(loss_value)
+            update = self.step_fn.update()
+            if not update.applied:
+                self._overflowed()
+            grad_norm = update.grad_norm
         self.scheduler.step()
         self.step += 1
         entry = {"step": self.step, "loss": _json_float(loss_value), "lr": lr, "grad_norm": _json_float(grad_norm)}
@@ -215,15 +291,16 @@ class Trainer:
         with self.meter.timed("log"):
             self.log.train(entry, self.meter)
 
-    def _evaluate(self) -> None:
+    def _evaluate(self) -> bool:
+        """Validate on the fixed subset; True when it improved on the best so far."""
         self.raw.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.acc.device)
         with torch.no_grad(), self.meter.timed("eval"):
             for i in range(0, len(self.val_mine), self.setup.micro_batch_size):
                 x, y = stack_windows(self.val_tokens, self.val_mine[i:i + self.setup.micro_batch_size], self.context)
                 x, y = self._to_device(x), self._to_device(y)
-                with self._autocast():
-                    logits = self.raw(input_ids=x).logits
+                with autocast(self.setup.device, self.setup.precision):
+                    logits = self.raw(input_ids=x, use_cache=False).logits
                     total[0] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").double()
                 total[1] += y.numel()
                 del logits, x, y
@@ -233,14 +310,17 @@ class Trainer:
         loss_sum, count = self.acc.reduce(total, "sum").tolist()
         val = loss_sum / count
         self.last_eval_step = self.step
-        if val < self.best_val - self.cfg.min_delta:
-            self.best_val, self.bad_evals = val, 0
-        else:
-            self.bad_evals += 1
+        improved = val < self.best_val - self.cfg.min_delta
         entry = {"step": self.step, "loss": _json_float(val), "perplexity": _json_float(_exp(val))}
         self.history["val"].append(entry)
         with self.meter.timed("log"):
             self.log.val(entry)
+        self._check_val(val)
+        if improved:
+            self.best_val, self.bad_evals = val, 0
+        else:
+            self.bad_evals += 1
+        return improved
 
     # ---- stopping
     def _stop_reason(self) -> str | None:
@@ -259,24 +339,47 @@ class Trainer:
             return "max_hours"
         return None
 
-    def _check_spike(self, loss: float) -> None:
+    def _check_loss(self, loss: float) -> None:
+        """A finite loss can still say the run diverged: far above a uniform guess, or a spike over
+        the median of the recent losses (a median, so one earlier bad step does not hide the next)."""
         recent = [e["loss"] for e in self.history["train"][-SPIKE_WINDOW:] if e["loss"] is not None]
-        if len(recent) == SPIKE_WINDOW and loss > self.cfg.loss_spike_factor * (sum(recent) / len(recent)):
-            self._diverged("loss_spike", f"the training loss jumped to {loss:.3f} at step {self.step + 1}, over "
-                                         f"train.loss_spike_factor={self.cfg.loss_spike_factor} x its running "
-                                         f"average {sum(recent) / len(recent):.3f}")
+        if len(recent) >= SPIKE_MIN_HISTORY:
+            baseline = statistics.median(recent)
+            if loss > self.cfg.loss_spike_factor * baseline:
+                self._diverged("loss_spike", f"the training loss jumped to {loss:.3f} at step {self.step + 1}, over "
+                                             f"train.loss_spike_factor={self.cfg.loss_spike_factor} x the median "
+                                             f"{baseline:.3f} of the last {len(recent)} steps")
+        if loss > self.absurd_loss:
+            self._diverged("loss_absurd", f"the training loss reached {loss:.3f} at step {self.step + 1}, above "
+                                          f"{ABSURD_LOSS_FACTOR} x ln(vocab {self.vocab}) = {self.absurd_loss:.2f}, "
+                                          "worse than guessing uniformly")
+
+    def _check_val(self, val: float) -> None:
+        if not math.isfinite(val) or val > self.absurd_loss:
+            self._diverged("val_loss_absurd", f"the validation loss was {val:.4g} at step {self.step}, above "
+                                              f"{ABSURD_LOSS_FACTOR} x ln(vocab) = {self.absurd_loss:.2f}")
+        if math.isfinite(self.best_val) and val > VAL_DIVERGENCE_FACTOR * self.best_val:
+            self._diverged("val_loss_diverged", f"the validation loss rose to {val:.4f} at step {self.step}, over "
+                                                f"{VAL_DIVERGENCE_FACTOR} x the best so far ({self.best_val:.4f})")
 
     def _diverged(self, reason: str, what: str) -> None:
-        last = ckpt.dirname(self.last_ckpt_step) if self.last_ckpt_step >= 0 else None
-        keep = (f"the last good checkpoint, {self.root / last}, is intact" if last
+        kept = ckpt.steps(self.root)
+        keep = (f"the checkpoints before it are intact (newest {kept[-1][1]})" if kept
                 else "no checkpoint was written yet")
+        message = (f"training diverged: {what}; {keep}. Lower train.lr (it is {self.cfg.lr:g}) or raise "
+                   f"train.warmup_steps (it is {self.cfg.warmup_steps}): that starts a new run, and the old "
+                   f"checkpoints move to {self.root / 'previous-runs'}. With train.precision fp16, a rerun in fp32 "
+                   "or bf16 resumes from the last good checkpoint")
         if self.acc.is_main_process:
-            write_json(self.params.paths.reports / "train.json",
-                       self._report(reason) | {"stop_message": what})
-        raise TrainingDiverged(f"training stopped: {what}; {keep}. Rerunning with another train.precision "
-                               "(fp16 overflows first) resumes from it; a lower train.lr or more "
-                               f"train.warmup_steps starts a new run (the old checkpoints move to "
-                               f"{self.root}/previous-runs/)")
+            self._report(reason, stop_message=message).write(self.out["train_report"])
+        raise TrainingDiverged(message)
+
+    def _overflowed(self) -> None:
+        self.counts["overflow_steps_skipped"] += 1
+        if self.acc.is_main_process and self.counts["overflow_steps_skipped"] <= OVERFLOW_LINES:
+            more = " (further ones are counted in train.json)" if self.counts["overflow_steps_skipped"] == OVERFLOW_LINES else ""
+            self.log.note(f"step {self.step + 1}: fp16 overflow, the loss scaler skipped this update and lowered "
+                          f"its scale to {self.scaler.get_scale():g}{more}")
 
     def _interrupted(self) -> None:
         signum = int(self.caught["signum"])
@@ -291,9 +394,9 @@ class Trainer:
         m = self.manifest
         ident = {f"model.{k}": v for k, v in self.params.section("model").items()}
         ident |= {f"train.{k}": getattr(self.cfg, k) for k in RESUME_KEYS}
-        ident |= {"vocab_size": m["vocab_size"], "eot_token_id": m["eot_token_id"],
-                  "train.bin sha256": m["sha256"]["train.bin"], "val.bin sha256": m["sha256"]["val.bin"],
-                  "tokenizer sha256": m["tokenizer_sha256"]}
+        ident |= {"vocab_size": m.vocab_size, "eot_token_id": m.eot_token_id,
+                  "train.bin sha256": m.sha256[TRAIN_FILE], "val.bin sha256": m.sha256[VAL_FILE],
+                  "tokenizer sha256": m.tokenizer_sha256}
         return ident
 
     def _checkpoint(self) -> None:
@@ -318,13 +421,14 @@ class Trainer:
             with self.meter.timed("checkpoint"):
                 ckpt.save(self.root, self.step, self.raw, states, meta, self.history)
                 ckpt.prune_and_index(self.root, self.cfg.keep_last)
+            self.quarantined = ckpt.quarantined(self.root)
         self.acc.wait_for_everyone()
         self.last_ckpt_step = self.step
 
     def _resume(self) -> None:
         found: list[Any] = [None]
         if self.acc.is_main_process:
-            ckpt.remove_staging_leftovers(self.root)
+            ckpt.clean_leftovers(self.root)
             path = ckpt.newest_valid(self.root)
             if path and (diff := self._differences(ckpt.read_meta(path)["identity"])):
                 # another run's checkpoints (a changed lr, model or corpus): keep them, start afresh
@@ -336,6 +440,7 @@ class Trainer:
             found = [str(path) if path else None]
             if path:
                 ckpt.prune_and_index(self.root, self.cfg.keep_last)  # drop what was moved aside
+            self.quarantined = ckpt.quarantined(self.root)
         if self.world > 1:
             broadcast_object_list(found)
         if found[0] is None:
@@ -362,42 +467,49 @@ class Trainer:
         return "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k])
 
     # ---- outputs
-    def _finish(self, reason: str) -> dict[str, Any]:
-        report = self._report(reason)
-        kwh = self.acc.reduce(torch.tensor(math.nan if report["kwh"] is None else report["kwh"],
-                                           device=self.acc.device), "sum").item()
-        report["kwh"] = kwh if math.isfinite(kwh) else None  # every GPU's, or none
+    def _finish(self, reason: str) -> TrainReport:
+        final = self._final_weights(reason)
+        kwh = self.meter.energy_kwh()
+        kwh = self.acc.reduce(torch.tensor(math.nan if kwh is None else kwh, device=self.acc.device), "sum").item()
+        report = self._report(reason, final_weights=final, kwh=kwh if math.isfinite(kwh) else None)  # every GPU's, or none
         if self.acc.is_main_process:
-            with staging_dir(self.params.paths.model) as stage:
+            with staging_dir(self.out["model"]) as stage:
+                self.raw.config.use_cache = True  # for generate(): training never used the KV cache
                 self.raw.save_pretrained(stage, safe_serialization=True)
-                AutoTokenizer.from_pretrained(self.tokenizer_dir).save_pretrained(stage)
-            write_json(self.params.paths.reports / "train.json", report)
+                self.tokenizer.save_pretrained(stage)
+            report.write(self.out["train_report"])
         self.acc.wait_for_everyone()
-        self.log.done(reason)
+        self.log.done(reason + (f"; models/final holds {final}" if final else ""))
         return report
 
-    def _report(self, reason: str) -> dict[str, Any]:
+    def _final_weights(self, reason: str) -> str | None:
+        """After early stopping the run's best checkpoint is shipped, not the weights that stopped
+        improving; otherwise the last weights (which the last checkpoint holds)."""
+        best = ckpt.best_entry(self.root)
+        if reason != "early_stopping" or best is None or best["step"] == self.step:
+            return ckpt.dirname(self.step)
+        ckpt.load_weights(self.raw, self.root / best["dir"])
+        return f"{best['dir']} (best)"
+
+    def _report(self, reason: str, *, stop_message: str | None = None, final_weights: str | None = None,
+                kwh: float | None = None) -> TrainReport:
         losses = [e["loss"] for e in self.history["train"] if e["loss"] is not None]
-        manifest = self.root / "manifest.json"
-        return {
-            "steps": self.step,
-            "tokens": self.step * self.cfg.tokens_per_step,
-            "epochs": self.windows.epochs(self.step),
-            "stop_reason": reason,
-            "resumed_from": self.resumed_from,
-            "wall_hours": self.train_hours + self.meter.run_hours(),
-            **self.meter.summary(self.ran_precision or self.setup.precision),
-            "precision": self.ran_precision or self.setup.precision,
-            "device": self.setup.device,
-            "parameters": self.parameters,
+        precision = self.ran_precision or self.setup.precision
+        summary = self.meter.summary(precision)
+        return TrainReport.make(
+            steps=self.step, tokens=self.step * self.cfg.tokens_per_step, epochs=self.windows.epochs(self.step),
+            stop_reason=reason, stop_message=stop_message, resumed_from=self.resumed_from,
+            final_weights=final_weights, wall_hours=self.train_hours + self.meter.run_hours(),
+            **summary, kwh=kwh, kwh_source="nvml_total_energy" if kwh is not None else None,
+            precision=precision, device=self.setup.device, parameters=self.parameters,
             **{k: v for k, v in asdict(self.setup).items() if k not in ("device", "precision")},
-            "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
-                     "min": min(losses) if losses else None, "val": self.history["val"],
-                     "best_val": _json_float(self.best_val)},
-            **self.counts,
-            "checkpoints": json.loads(manifest.read_text()) if manifest.is_file() else None,
+            loss={"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
+                  "min": min(losses) if losses else None, "val": self.history["val"],
+                  "best_val": _json_float(self.best_val)},
+            **self.counts, quarantined_checkpoints=self.quarantined,
+            checkpoints=ckpt.read_index(self.root),
             **record({"model": self.params.section("model"), "train": self.params.section("train")}),
-        }
+        )
 
     def _announce(self) -> None:
         s = self.setup
@@ -409,14 +521,13 @@ class Trainer:
                   f"{s.device}; activation checkpointing {s.activation_checkpointing} ({s.settings_from})")
             if self.resumed_from:
                 print(f"resuming from {self.root / self.resumed_from} (step {self.step})")
+            for line in self.quarantined:
+                print(f"kept aside as incomplete or corrupt: {self.root / line}")
 
     # ---- helpers
-    def _autocast(self):
-        return torch.autocast(self.setup.device, dtype=self.autocast_dtype, enabled=self.setup.precision != "fp32")
-
-    def _check_precision(self, logits: torch.Tensor) -> None:
+    def _check_precision(self) -> None:
         if self.ran_precision is None:
-            self.ran_precision = PRECISION_OF.get(logits.dtype, str(logits.dtype))
+            self.ran_precision = self.step_fn.ran_precision
             if self.ran_precision != self.setup.precision:
                 raise PipelineError(f"asked for {self.setup.precision} but the model computed in "
                                     f"{self.ran_precision} on {self.setup.device}: set train.precision to one this "
@@ -426,25 +537,6 @@ class Trainer:
         if self.setup.device == "cuda":
             return t.pin_memory().to(self.acc.device, non_blocking=True)
         return t
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        # decay the matrices, token and position embeddings included (as GPT-2 reproductions do);
-        # biases and LayerNorm gains are 1-D and left alone
-        params = [p for p in self.raw.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.cfg.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2), fused=True)
-
-
-def _read_manifest(tokens: Path) -> dict[str, Any]:
-    path = tokens / "manifest.json"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run the tokenize stage first")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    missing = [k for k in ("vocab_size", "eot_token_id", "sha256", "tokenizer_sha256") if k not in manifest]
-    if missing:
-        raise PipelineError(f"{path} lacks {', '.join(missing)}: rerun the tokenize stage")
-    return manifest
 
 
 @contextmanager

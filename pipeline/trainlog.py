@@ -16,7 +16,7 @@ from dvclive import Live
 from tqdm.auto import tqdm
 
 from pipeline.params import Params, Train
-from pipeline.trainsetup import Setup
+from pipeline.plan import Setup
 
 
 class Meter:
@@ -55,24 +55,24 @@ class Meter:
         return self.tokens / self.step_seconds if self.step_seconds else None
 
     def summary(self, precision: str) -> dict[str, Any]:
+        """Throughput, MFU (compute.mfu: model FLOPs, as the estimate counts them) and peak memory."""
+        from pipeline.compute import flops_per_token, mfu as model_flops_utilization
+        from pipeline.hardware import get_device
+
         rate = self.tokens_per_second()
         mfu = mfu_device = flops = None
         if rate:
-            from pipeline.compute import flops_per_token
-            from pipeline.hardware import get_device
-
+            # cost.hardware is the device the plan was made for, and train refuses to run a plan
+            # on another kind of device, so its peak is this run's
             catalog_device = get_device(self.params.cost)
             flops = flops_per_token(self.params.model, self.vocab_size)
-            peak = catalog_device.peak_flops.get(precision)
-            # cost.hardware names the device planned for; a GPU's peak says nothing about a CPU run
-            if peak and catalog_device.kind == self.setup.device:
-                mfu, mfu_device = flops * rate / (peak * self.setup.world), catalog_device.name
+            mfu = model_flops_utilization(rate, flops, catalog_device.peak_flops[precision], self.setup.world)
+            mfu_device = catalog_device.name
         if self.setup.device == "cuda":
             peak_memory, kind = torch.cuda.max_memory_allocated(self.device), "cuda_max_memory_allocated"
         else:
             # Linux reports ru_maxrss in KiB; this is the whole process, not just tensors
             peak_memory, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
-        kwh = self._nvml.kwh() if self._nvml else None
         return {
             "tokens_per_second": rate,
             "this_run_hours": self.run_hours(),
@@ -82,9 +82,11 @@ class Meter:
             "flops_per_token": flops,
             "peak_memory_bytes": peak_memory,
             "peak_memory_kind": kind,
-            "kwh": kwh,
-            "kwh_source": "nvml_total_energy" if kwh is not None else None,
         }
+
+    def energy_kwh(self) -> float | None:
+        """This process's GPU energy from NVML; None on CPU or where the counter does not read."""
+        return self._nvml.kwh() if self._nvml else None
 
 
 class TrainLog:
@@ -117,8 +119,12 @@ class TrainLog:
         if self.live:
             self.live.make_summary()
             text = "not finite" if entry["loss"] is None else \
-                f"{entry['loss']:.4f} (perplexity {entry['perplexity'] or math.inf:.1f})"
+                f"{entry['loss']:.4f} (perplexity {entry['perplexity'] or math.inf:.4g})"
             self.bar.write(f"step {entry['step']}: val loss {text}")
+
+    def note(self, text: str) -> None:
+        if self.live:
+            self.bar.write(text)
 
     def done(self, reason: str) -> None:
         if self.live:
@@ -133,14 +139,20 @@ class TrainLog:
         if self.live:
             self.live.step = entry["step"]
             for key in ("loss", "lr", "grad_norm"):
-                if entry[key] is not None:
+                if _finite(entry[key]):
                     self.live.log_metric(f"train/{key}", entry[key])
 
     def _val_metrics(self, entry: dict[str, Any]) -> None:
-        if self.live and entry["loss"] is not None:
+        # a diverged run's losses can be huge or infinite: log what is finite, never crash on it
+        if self.live:
             self.live.step = entry["step"]
-            self.live.log_metric("val/loss", entry["loss"])
-            self.live.log_metric("val/perplexity", entry["perplexity"])
+            for key, name in (("loss", "val/loss"), ("perplexity", "val/perplexity")):
+                if _finite(entry.get(key)):
+                    self.live.log_metric(name, entry[key])
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 class _NvmlEnergy:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.stages import run_stage
 from pipeline import demo_corpus, params as params_module, tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,15 @@ DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    # The detected CPU entry measures this machine once and caches it outside the repository:
+    # tests measure into a cache of their own, never the user's (~/.cache/budgetgpt).
+    if "BUDGETGPT_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["BUDGETGPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="budgetgpt-cache-")
 
 
 @dataclass(frozen=True)
@@ -57,5 +67,5 @@ def demo_tokens(tmp_path_factory) -> DemoTokens:
     root = tmp_path_factory.mktemp("demo")
     params = demo_params(root)
     demo_corpus.write(params.paths.corpus, demo_corpus.generate())
-    manifest = tokenize.run(params)
+    manifest = run_stage("tokenize", params).as_dict()
     return DemoTokens(params=params, root=root, manifest=manifest)

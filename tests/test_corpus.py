@@ -1,14 +1,17 @@
 """Corpus reading: every source format, the split, normalization, and every bad input."""
 from __future__ import annotations
 
+import builtins
+import errno
 import json
+import os
 import tracemalloc
 import unicodedata
 from pathlib import Path
 
 import pytest
 
-from pipeline import params as params_module
+from pipeline import corpus as corpus_module, params as params_module
 from pipeline.corpus import Corpus, is_val
 from pipeline.errors import PipelineError
 
@@ -205,3 +208,164 @@ def test_reading_does_not_depend_on_where_blocks_end(tmp_path, monkeypatch):
         corpus = Corpus(tmp_path, data_params())
         assert list(corpus.pieces()) == expected
         assert corpus.replacements == whole.replacements == 3
+
+
+# --- unreadable, damaged and special entries -----------------------------------------------------
+
+def refuse_to_open(path: Path, monkeypatch) -> None:
+    """chmod 000, and as root (who may read it anyway) make opening it fail as it would for others."""
+    path.chmod(0)
+    if os.geteuid() == 0:
+        real_open = builtins.open
+
+        def open_unless_refused(file, *args, **kwargs):
+            if Path(file) == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(corpus_module, "open", open_unless_refused, raising=False)
+
+
+def refuse_to_list(directory: Path, monkeypatch) -> None:
+    """chmod 000, and as root make listing it fail as it would for others."""
+    directory.chmod(0)
+    if os.geteuid() == 0:
+        real_scandir = os.scandir
+
+        def scandir_unless_refused(path="."):
+            if Path(path) == directory:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir_unless_refused)
+
+
+def test_an_unreadable_file_is_an_error_before_any_reading(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("fine", encoding="utf-8")
+    locked = tmp_path / "b.txt"
+    locked.write_text("not readable", encoding="utf-8")
+    refuse_to_open(locked, monkeypatch)
+    message = rf"{locked} cannot be read \(Permission denied\): make it readable \(chmod a\+r\), or move it out"
+    with pytest.raises(PipelineError, match=message):
+        Corpus(tmp_path, data_params())
+    with pytest.raises(PipelineError, match=message):
+        Corpus(locked, data_params())
+    locked.chmod(0o644)
+
+
+def test_an_unreadable_subdirectory_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("fine", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("behind a locked door", encoding="utf-8")
+    refuse_to_list(tmp_path / "sub", monkeypatch)
+    with pytest.raises(PipelineError, match=rf"directory {tmp_path / 'sub'} cannot be read \(Permission "
+                                            r"denied\): make it readable \(chmod a\+rx\), or move it out"):
+        Corpus(tmp_path, data_params())
+    (tmp_path / "sub").chmod(0o755)
+
+
+def test_links_fifos_and_linked_directories_are_skipped_counted_and_warned_once(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    elsewhere = tmp_path / "elsewhere"
+    corpus.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "x.txt").write_text("behind a link", encoding="utf-8")
+    (corpus / "a.txt").write_text("kept", encoding="utf-8")
+    for name in ("gone1.txt", "gone2.txt", "gone3.txt", "gone4.txt"):
+        (corpus / name).symlink_to(tmp_path / "missing.txt")
+    (corpus / "loop.txt").symlink_to(corpus / "loop.txt")
+    (corpus / "notes.md").symlink_to(tmp_path / "missing.md")        # not corpus text anyway
+    (corpus / ".hidden.txt").symlink_to(tmp_path / "missing.txt")    # hidden: not corpus
+    os.mkfifo(corpus / "pipe.txt")                                   # opening it would block forever
+    (corpus / "linked").symlink_to(elsewhere)
+    source = Corpus(corpus, data_params())
+    assert [p.text for p in source.pieces()] == ["kept"] == [p.text for p in source.pieces()]
+    broken = [str(corpus / name) for name in ("gone1.txt", "gone2.txt", "gone3.txt", "gone4.txt", "loop.txt")]
+    assert source.skipped == {"broken_symlinks": broken, "special_files": [str(corpus / "pipe.txt")],
+                              "symlinked_directories": [str(corpus / "linked")]}
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        f"corpus: warning: skipped 5 broken symlink(s) in paths.corpus {corpus} ({', '.join(broken[:3])} and 2 "
+        "more): their targets do not exist: fix or remove the links",
+        f"corpus: warning: skipped 1 symlinked director(y/ies) in paths.corpus {corpus} ({corpus / 'linked'}): "
+        "links to directories are not followed: link the files instead, or move the directory into the corpus",
+        f"corpus: warning: skipped 1 FIFO(s), socket(s) or device(s) in paths.corpus {corpus} "
+        f"({corpus / 'pipe.txt'}): only regular files are read: remove them from the corpus",
+    ]
+    globbed = Corpus(f"{corpus}/*.txt", data_params())
+    assert globbed.skipped["broken_symlinks"] == broken
+    assert globbed.skipped["special_files"] == [str(corpus / "pipe.txt")]
+
+
+def test_a_fifo_or_broken_link_named_as_the_corpus_is_an_error(tmp_path):
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(PipelineError, match=r"pipe\.txt is not a regular file \(a FIFO, socket or device\)"):
+        Corpus(tmp_path / "pipe.txt", data_params())
+    (tmp_path / "link.txt").symlink_to(tmp_path / "missing.txt")
+    with pytest.raises(PipelineError, match=r"link\.txt is a symlink to .*missing\.txt, which does not exist"):
+        Corpus(tmp_path / "link.txt", data_params())
+
+
+def _save_dataset(directory: Path, splits: bool = False) -> Path:
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"text": ["alpha", "beta"]})
+    (datasets.DatasetDict({"train": dataset}) if splits else dataset).save_to_disk(str(directory))
+    return directory
+
+
+def _delete_arrow(ds: Path) -> None:
+    for arrow in ds.rglob("*.arrow"):
+        arrow.unlink()
+
+
+def _truncate_arrow(ds: Path) -> None:
+    for arrow in ds.rglob("*.arrow"):
+        os.truncate(arrow, 100)
+
+
+def _garble_info(ds: Path) -> None:
+    (ds / "dataset_info.json").write_text("{not json", encoding="utf-8")
+
+
+@pytest.mark.parametrize("damage, splits, message", [
+    (_delete_arrow, False, r"cannot be read, it looks damaged \(FileNotFoundError: .*\.arrow"),
+    (_delete_arrow, True, r"cannot be read, it looks damaged \(FileNotFoundError: .*\.arrow"),
+    (_truncate_arrow, False, r"cannot be read, it looks damaged \(ArrowInvalid: "),
+    (_garble_info, False, r"cannot be read, it looks damaged \(JSONDecodeError: "),
+    (lambda ds: (ds / "dataset_info.json").unlink(), False,
+     r"looks like a dataset saved with save_to_disk, but its dataset_info\.json is missing"),
+], ids=["arrow deleted", "split's arrow deleted", "arrow truncated", "info garbled", "info deleted"])
+def test_a_damaged_dataset_is_one_error_naming_it(tmp_path, damage, splits, message):
+    damage(_save_dataset(tmp_path / "ds", splits))
+    with pytest.raises(PipelineError, match=message) as info:
+        list(Corpus(tmp_path / "ds", data_params()).pieces())
+    assert str(tmp_path / "ds") in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).endswith(": save it again with save_to_disk, or fix paths.corpus") or \
+        str(info.value).endswith(": save the dataset again, or fix paths.corpus")
+
+
+def test_a_damaged_dataset_exits_2_through_the_cli(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    _delete_arrow(_save_dataset(tmp_path / "ds"))
+    capsys.readouterr()                  # the progress bar of save_to_disk
+    outputs = [f"--set=paths.{name}={tmp_path / name}" for name in ("tokenizer", "tokens")]
+    assert main(["tokenize", "--params", str(ROOT / "params.yaml"), f"--set=paths.corpus={tmp_path / 'ds'}",
+                 *outputs]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: dataset {tmp_path / 'ds'} cannot be read, it looks damaged") and err.count("\n") == 1
+
+
+def test_a_parquet_file_damaged_inside_is_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"text": [f"document {i} " * 50 for i in range(3000)]}), path, row_group_size=500)
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 2000] = bytes(range(256)) * 7 + bytes(208)   # inside a row group, not the footer
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PipelineError, match=rf"{path} is damaged \(.*\): replace it, or remove it from the corpus"):
+        texts(path)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from pipeline.stages import run_stage
 from pipeline import checkpoint as ckpt
 from pipeline import train
 from trainkit import cli, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
@@ -17,7 +18,7 @@ RUN = ("train.micro_batch_size=2", "train.max_steps=4", "train.checkpoint_every=
 
 def test_two_processes_match_one_with_twice_the_accumulation(demo_tokens, tmp_path):
     single = tmp_path / "single"
-    one = train.run(tiny_params(demo_tokens, single, *RUN))
+    one = run_stage("train", tiny_params(demo_tokens, single, *RUN)).as_dict()
     assert (one["world"], one["grad_accum_steps"]) == (1, 4)
 
     ddp = tmp_path / "ddp"

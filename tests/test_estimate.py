@@ -13,12 +13,14 @@ import pytest
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
+from pipeline.stages import run_stage
 from pipeline import estimate, hardware, params as params_module
 from pipeline.errors import BudgetExceeded, PipelineError
+from pipeline.tokens import TokenManifest
 
 ROOT = Path(__file__).resolve().parent.parent
-PLAN_KEYS = {"device", "micro_batch_size", "grad_accum_steps", "precision", "activation_checkpointing",
-             "tokens_per_step"}
+PLAN_KEYS = {"format", "device", "device_kind", "devices", "micro_batch_size", "grad_accum_steps", "precision",
+             "activation_checkpointing", "tokens_per_step"}
 
 
 def write_tokens(root: Path, vocab: int, train_tokens: int) -> None:
@@ -28,9 +30,13 @@ def write_tokens(root: Path, vocab: int, train_tokens: int) -> None:
     vocabulary = {f"t{i}": i for i in range(vocab)}
     Tokenizer(WordLevel(vocabulary, unk_token="t0")).save(str(root / "tokenizer/tokenizer.json"))
     digest = hashlib.sha256((root / "tokenizer/tokenizer.json").read_bytes()).hexdigest()
-    manifest = {"train_tokens": train_tokens, "val_tokens": train_tokens // 200, "vocab_size": vocab,
-                "eot_token_id": 0, "tokenizer_sha256": digest, "dtype": "uint16"}
-    (root / "tokens/manifest.json").write_text(json.dumps(manifest))
+    val_tokens = train_tokens // 200
+    TokenManifest.make(
+        train_tokens=train_tokens, val_tokens=val_tokens, documents={"train": 1, "val": 1},
+        train_bytes=3 * train_tokens, val_bytes=3 * val_tokens, bytes_per_token=3.0, vocab_size=vocab,
+        dtype="uint16", eot_token_id=0, sha256={"train.bin": "-", "val.bin": "-"}, tokenizer_sha256=digest,
+        unigram_entropy_nats=1.0, invalid_utf8_replacements=0, params={}, versions={}, git_revision=None,
+    ).write(root / "tokens" / "manifest.json")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,7 @@ def load(tokens: Path, reports: Path, *overrides: str) -> params_module.Params:
 
 
 def run(tokens: Path, reports: Path, *overrides: str) -> dict:
-    estimate.run(load(tokens, reports, *overrides))
+    run_stage("estimate", load(tokens, reports, *overrides)).as_dict()
     return json.loads((reports / "cost.json").read_text())
 
 
@@ -63,7 +69,11 @@ def test_default_experiment_on_t4(tokens, tmp_path, capsys):
     assert cost["peak_memory_bytes"] == sum(cost["memory"].values())
     assert cost["tokens"] == 5000 * 20480 and cost["epochs"] == pytest.approx(1.024)
     assert cost["flops"] == pytest.approx(cost["tokens"] * cost["flops_per_token"])
-    assert cost["hours"] == pytest.approx(cost["flops"] / (65e12 * 0.20) / 3600)
+    assert cost["step_hours"] == pytest.approx(cost["flops"] / (65e12 * 0.20) / 3600)
+    # validation: every 250 steps, 20 steps' worth of windows, forward only (2N of 6N FLOPs per token)
+    assert cost["eval_flops"] == pytest.approx(20 * 20 * 20480 * cost["flops_per_token"] / 3)
+    assert cost["hours"] == pytest.approx(cost["step_hours"] + cost["eval_flops"] / (65e12 * 0.20) / 3600)
+    assert cost["tokens_per_second"] == pytest.approx(cost["tokens"] / (cost["step_hours"] * 3600))
     assert cost["usd"] == pytest.approx(cost["hours"] * 0.526)
     assert cost["kwh"] == pytest.approx(70 * cost["hours"] * 1.1 / 1000)
     assert cost["co2_kg"] == pytest.approx(cost["kwh"] * 0.4)
@@ -91,16 +101,25 @@ def test_cpu_reports_its_hours_and_the_gate_refuses_them(tokens, tmp_path):
     with pytest.raises(BudgetExceeded) as refused:
         run(tokens, tmp_path, "cost.hardware=cpu", "cost.pricing=owned")
     message = str(refused.value)
-    assert message.startswith("over budget on cpu") and "> cost.budget_hours 12.0 h" in message
+    assert message.startswith("over budget on cpu") and "> cost.budget_hours 12.00 h" in message
     assert "train.max_tokens:" in message and "t4-16gb" in message  # fewer tokens; a device within budget
     cost = run(tokens, tmp_path, "cost.hardware=cpu", "cost.pricing=owned", "cost.override_budget=true")
-    assert cost["plan"]["precision"] == "fp32" and cost["fits"]
-    assert cost["hours"] > 24 * 7 and cost["over_budget"] == ["hours"]
+    cpu = hardware.get_device(load(tokens, tmp_path, "cost.hardware=cpu").cost)
+    assert cost["plan"]["precision"] == ("bf16" if cpu.bf16_native else "fp32") and cost["fits"]
+    assert cost["detected"]["model"] and cost["detected"]["peak_flops"]["fp32"] == cpu.peak_flops["fp32"]
+    assert cost["hours"] > 12 and cost["over_budget"] == ["hours"]
     assert cost["override"] and not cost["within_budget"]
     assert "run allowed by cost.override_budget" in (tmp_path / "cost.md").read_text()
 
 
 # ---- the plan ---------------------------------------------------------------------------------------
+
+def test_the_gate_shows_digits_enough_to_compare(tokens, tmp_path):
+    with pytest.raises(BudgetExceeded) as refused:
+        run(tokens, tmp_path, "train.max_steps=10", "cost.budget_usd=0.001", "cost.budget_hours=null")
+    usd = re.search(r"\$(\d+\.\d+) > cost.budget_usd \$(\d+\.\d+)", str(refused.value))
+    assert usd and float(usd.group(1)) > float(usd.group(2)) == 0.001 and "<$0.01" not in str(refused.value)
+
 
 def test_budget_changes_leave_the_plan_byte_identical(tokens, tmp_path):
     run(tokens, tmp_path, "cost.budget_usd=10")
@@ -112,13 +131,13 @@ def test_budget_changes_leave_the_plan_byte_identical(tokens, tmp_path):
 def test_explicit_train_settings_are_respected(tokens, tmp_path):
     cost = run(tokens, tmp_path, "train.micro_batch_size=4", "train.activation_checkpointing=true",
                "train.precision=fp32", "cost.override_budget=true")
-    assert cost["plan"] | {"device": None} == {"device": None, "micro_batch_size": 4, "grad_accum_steps": 5,
-                                               "precision": "fp32", "activation_checkpointing": True,
-                                               "tokens_per_step": 20480}
+    assert cost["plan"] == {"format": 1, "device": "t4-16gb", "device_kind": "cuda", "devices": 1,
+                            "micro_batch_size": 4, "grad_accum_steps": 5, "precision": "fp32",
+                            "activation_checkpointing": True, "tokens_per_step": 20480}
     plain = run(tokens, tmp_path, "train.micro_batch_size=4", "train.activation_checkpointing=false",
                 "train.precision=fp32", "cost.override_budget=true")
     # recomputing every block's forward costs a third more work than the model's FLOPs
-    assert cost["hours"] == pytest.approx(plain["hours"] * 4 / 3)
+    assert cost["step_hours"] == pytest.approx(plain["step_hours"] * 4 / 3)
     assert cost["peak_memory_bytes"] < plain["peak_memory_bytes"]
 
 
@@ -237,7 +256,7 @@ def test_manifest_from_another_tokenizer(tokens, tmp_path):
     other = tmp_path / "other"
     write_tokens(other, 32000, 1000)
     (other / "tokenizer/tokenizer.json").write_bytes((tokens / "tokenizer/tokenizer.json").read_bytes() + b" ")
-    with pytest.raises(PipelineError, match="was made with another tokenizer"):
+    with pytest.raises(PipelineError, match="is not the tokenizer .* was made with"):
         run(other, tmp_path / "reports")
     manifest = json.loads((tokens / "tokens/manifest.json").read_text())
     (other / "tokenizer/tokenizer.json").write_bytes((tokens / "tokenizer/tokenizer.json").read_bytes())
@@ -255,9 +274,33 @@ def test_calibration_times_real_steps_here(tmp_path):
                "train.tokens_per_step=256", "train.max_steps=10")
     # micro-batch: the plan's 4 sequences of 64, under the CPU cap of 2048 tokens
     assert cost["mfu_source"].startswith("calibrated: ")
-    assert "micro-batch 4 x 64 (fp32) on this cpu" in cost["mfu_source"]
+    assert f"micro-batch 4 x 64 ({cost['plan']['precision']}) on this cpu" in cost["mfu_source"]
     assert 0 < cost["mfu"] < 1
-    assert cost["hours"] == pytest.approx(cost["flops"] / (0.187e12 * cost["mfu"]) / 3600)
+    assert cost["step_hours"] == pytest.approx(cost["flops"] / (cost["peak_flops"] * cost["mfu"]) / 3600)
+
+
+def test_calibrated_checkpointing_is_not_counted_twice(tmp_path):
+    """Calibration times steps with recompute on: the measured rate already pays for it, so the
+    optimizer steps take tokens / measured rate, not 4/3 of that."""
+    write_tokens(tmp_path, 512, 100_000)
+    cost = run(tmp_path, tmp_path / "reports", "cost.hardware=cpu", "cost.pricing=owned", "cost.calibrate=true",
+               "cost.calibrate_steps=2", "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.context=64",
+               "train.tokens_per_step=256", "train.max_steps=10", "train.activation_checkpointing=true")
+    rate = float(re.search(r"calibrated: ([\d,]+) tokens/s", cost["mfu_source"]).group(1).replace(",", ""))
+    assert cost["plan"]["activation_checkpointing"] and cost["recompute_factor"] == pytest.approx(4 / 3)
+    assert cost["tokens_per_second"] == pytest.approx(rate, rel=1e-3)
+    assert cost["step_hours"] == pytest.approx(cost["tokens"] / rate / 3600, rel=1e-3)
+
+
+def test_catalog_mfu_with_checkpointing_is_lowered_once(tokens, tmp_path):
+    """The catalog's MFU assumes no recompute; with checkpointing the model MFU is a quarter lower,
+    which makes the steps 4/3 as long, once (not 16/9), and MFU is still counted in model FLOPs."""
+    common = ("train.micro_batch_size=4", "train.precision=fp16", "cost.override_budget=true")
+    plain = run(tokens, tmp_path / "a", *common, "train.activation_checkpointing=false")
+    recompute = run(tokens, tmp_path / "b", *common, "train.activation_checkpointing=true")
+    assert recompute["mfu"] == pytest.approx(plain["mfu"] * 3 / 4)
+    assert recompute["step_hours"] == pytest.approx(plain["step_hours"] * 4 / 3)
+    assert recompute["flops"] == plain["flops"] and recompute["executed_flops"] > plain["executed_flops"]
 
 
 def test_calibrating_a_gpu_needs_one(tokens, tmp_path):

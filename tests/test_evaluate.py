@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import recordkit
 import torch
 from dvclive import Live
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from pipeline.stages import run_stage
 from pipeline import checkpoint, evaluate, params as P, report
 from pipeline.__main__ import main
 from pipeline.errors import PipelineError
@@ -86,13 +88,12 @@ def make_world(root: Path) -> Path:
     train, val = _encode_docs(tok, train_docs, eot), _encode_docs(tok, val_docs, eot)
     write_tokens(tokens / "train.bin", train)
     write_tokens(tokens / "val.bin", val)
-    (tokens / "manifest.json").write_text(json.dumps({
-        "train_tokens": int(train.size), "val_tokens": int(val.size),
-        "documents": {"train": len(train_docs), "val": len(val_docs)},
-        "train_bytes": sum(len(d.encode()) for d in train_docs),
-        "val_bytes": sum(len(d.encode()) for d in val_docs), "bytes_per_token": 3.0,
-        "vocab_size": vocab, "dtype": "uint16", "eot_token_id": eot,
-        "tokenizer_sha256": _sha(root / "data/tokenizer/tokenizer.json")}))
+    recordkit.manifest(
+        tokens / "manifest.json", train_tokens=int(train.size), val_tokens=int(val.size),
+        documents={"train": len(train_docs), "val": len(val_docs)},
+        train_bytes=sum(len(d.encode()) for d in train_docs), val_bytes=sum(len(d.encode()) for d in val_docs),
+        vocab_size=vocab, eot_token_id=eot, tokenizer_sha256=_sha(root / "data/tokenizer/tokenizer.json"),
+        sha256={"train.bin": _sha(tokens / "train.bin"), "val.bin": _sha(tokens / "val.bin")})
 
     net = _tiny_model(vocab, eot)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
@@ -106,14 +107,8 @@ def make_world(root: Path) -> Path:
 
     reports = root / "reports"
     reports.mkdir()
-    (reports / "cost.json").write_text(json.dumps({
-        "flops": 1e12, "hours": 2.0, "usd": 4.0, "kwh": 0.5, "co2_kg": 0.2, "peak_memory_bytes": 2**30,
-        "fits": True, "within_budget": True, "mfu": 0.3, "tokens": 8192, "plan": {},
-        "pricing": "on_demand"}))
-    (reports / "train.json").write_text(json.dumps({
-        "steps": 4, "tokens": 4096, "stop_reason": "early_stopping", "wall_hours": 1.5,
-        "tokens_per_second": 0.75, "peak_memory_bytes": 2**29, "precision": "fp32", "mfu": 0.25,
-        "kwh": None, "device": "cpu", "parameters": 12345}))
+    recordkit.cost(reports / "cost.json")
+    recordkit.train(reports / "train.json", stop_reason="early_stopping")
     with Live(dir=str(reports / "train_live"), dvcyaml=None, save_dvc_exp=False) as live:
         for step in range(1, 5):  # the metric names pipeline/trainlog.py logs
             live.step = step
@@ -142,7 +137,7 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(world) -> dict:
-    return evaluate.run(make_params(world))
+    return run_stage("evaluate", make_params(world))
 
 
 @pytest.fixture
@@ -195,10 +190,14 @@ def test_evaluating_the_same_model_twice_gives_identical_outputs(world, evaluate
     second.mkdir()
     for name in ("cost.json", "train.json", "train_live"):
         (shutil.copytree if name == "train_live" else shutil.copy)(first / name, second / name)
-    again = evaluate.run(make_params(world), reports=second)
+    again = run_stage("evaluate", make_params(world, f"paths.reports={second}"))
     assert again == evaluated
-    for name in ("eval.json", "samples.md", "plots/checkpoints.csv", "plots/loss.png", "plots/checkpoints.png"):
+    for name in ("samples.md", "plots/checkpoints.csv", "plots/loss.png", "plots/checkpoints.png"):
         assert (second / name).read_bytes() == (first / name).read_bytes(), name
+    # eval.json records its params, and paths.reports is the one that differs
+    ours, theirs = (json.loads((d / "eval.json").read_text()) for d in (first, second))
+    assert ours.pop("params")["paths"]["reports"] != theirs.pop("params")["paths"]["reports"]
+    assert ours == theirs
 
 
 # ---- checkpoints, samples, cost ----------------------------------------------------------------
@@ -292,7 +291,7 @@ def test_outputs_are_written_for_dvc_and_people(world, evaluated):
 
 def test_a_model_directory_alone_is_evaluated(copy):
     shutil.rmtree(copy / "checkpoints")
-    result = evaluate.run(make_params(copy))
+    result = run_stage("evaluate", make_params(copy))
     assert result["checkpoints"] == {} and result["best_vs_final"] is None
     assert result["estimate_vs_actual"]["available"] is False
     assert "cost.json" in result["estimate_vs_actual"]["note"]
@@ -305,14 +304,14 @@ def test_a_reserialized_but_equal_tokenizer_is_accepted(copy):
     tok = Tokenizer.from_file(str(copy / "models/final/tokenizer.json"))
     tok.save(str(copy / "models/final/tokenizer.json"), pretty=False)
     assert _sha(copy / "models/final/tokenizer.json") != _sha(copy / "data/tokenizer/tokenizer.json")
-    assert evaluate.run(make_params(copy, "evaluate.checkpoints=none"))["val_loss"] > 0
+    assert run_stage("evaluate", make_params(copy, "evaluate.checkpoints=none"))["val_loss"] > 0
 
 
 # ---- bad input ---------------------------------------------------------------------------------
 
 def _fails(root: Path, match: str, *overrides: str) -> None:
     with pytest.raises(PipelineError, match=match):
-        evaluate.run(make_params(root, *overrides))
+        run_stage("evaluate", make_params(root, *overrides))
     assert not (root / "reports/eval.json").exists()
     assert not (root / "reports/summary.md").exists()
 
@@ -414,7 +413,7 @@ def test_on_the_demo_tokens_as_the_train_stage_saves_a_model(demo_tokens, tmp_pa
     tiny = P.Model(n_layer=2, n_embd=32, n_head=2, context=params.model.context, dropout=0.0)
     build_model(tiny, manifest["vocab_size"], manifest["eot_token_id"]).save_pretrained(params.paths.model)
     AutoTokenizer.from_pretrained(params.paths.tokenizer).save_pretrained(params.paths.model)
-    result = evaluate.run(params)
+    result = run_stage("evaluate", params)
     assert result["val_tokens_scored"] == manifest["val_tokens"] - (
         np.asarray(read_tokens(params.paths.tokens / "val.bin")[:1]) == manifest["eot_token_id"]).sum()
     # a fresh GPT-2 init predicts almost uniformly: ln(vocab) nats per token

@@ -6,12 +6,24 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import hardware, params as params_module
+from pipeline import cpuinfo, hardware, params as params_module
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ["cpu", "rtx2050-laptop-4gb", "t4-16gb", "l4-24gb", "a10g-24gb", "a100-40gb", "a100-80gb", "h100-80gb"]
 SOURCED = ["memory_gib", "memory_bandwidth_gbps", "peak_tflops", "bf16_native", "power_watts", "mfu_default"]
+
+
+@pytest.fixture(autouse=True)
+def cpu_cache(tmp_path_factory, monkeypatch):
+    """One real measurement of this machine per test session, kept out of the user's cache."""
+    monkeypatch.setenv("BUDGETGPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cpu-cache"))
+
+
+def machine_flags() -> set[str]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                set())
 
 
 def cost(**changes):
@@ -43,8 +55,9 @@ def test_catalog_figures_that_plans_depend_on():
     assert devices["rtx2050-laptop-4gb"].bf16_native and devices["rtx2050-laptop-4gb"].memory_bytes < 4 * 2**30
     assert devices["rtx2050-laptop-4gb"].usd_per_hour("on_demand") is None  # owned
     cpu = devices["cpu"]
-    assert cpu.kind == "cpu" and not cpu.bf16_native and cpu.usd_per_hour("on_demand") is None
-    assert "measured" in cpu.sources["peak_tflops"]
+    assert cpu.kind == "cpu" and cpu.usd_per_hour("on_demand") is None
+    assert cpu.bf16_native == bool(cpuinfo.BF16_FLAGS & machine_flags())  # this machine's, detected
+    assert "measured on this machine" in cpu.sources["peak_tflops"]
     assert devices["h100-80gb"].peak_flops["bf16"] > devices["a100-80gb"].peak_flops["bf16"]
 
 
@@ -56,6 +69,19 @@ def test_unknown_hardware_lists_the_known_ones():
     with pytest.raises(PipelineError, match="cost.hardware: unknown device 'v100'") as err:
         hardware.get_device(cost(hardware="v100"))
     assert all(name in str(err.value) for name in REQUIRED)
+    assert "did you mean" not in str(err.value)
+
+
+def test_unknown_hardware_suggests_the_closest_name():
+    expected = "cost.hardware: unknown device 't4-16g'; did you mean 't4-16gb'\\? known: cpu, "
+    with pytest.raises(PipelineError, match=expected):
+        hardware.get_device(cost(hardware="t4-16g"))
+
+
+def test_sources_cite_documents_or_a_command():
+    text = hardware.CATALOG_FILE.read_text()
+    for internal in ("FIELD-NOTES", "build machine", "this kind of machine"):
+        assert internal not in text
 
 
 def test_extra_hardware_adds_a_device_and_adjusts_a_known_one():

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import params as P
 from pipeline.errors import PipelineError
@@ -86,3 +87,54 @@ def test_bad_set_syntax():
         P.load([BASE], ["train.lr"])
     with pytest.raises(PipelineError, match=r"train\.lr\.x=1.: lr is not a section"):
         P.load([BASE], ["train.lr.x=1"])
+
+
+@pytest.mark.parametrize("text, key, line, first", [
+    ("train:\n  lr: 0.001\n  seed: 2\n  lr: 0.002\n", "train.lr", 4, 2),
+    ("train:\n  lr: 0.001\nmodel:\n  n_layer: 2\ntrain:\n  seed: 3\n", "train", 5, 1),
+    ("cost:\n  extra_hardware:\n    mine:\n      peak_tflops: 1\n      peak_tflops: 2\n",
+     "cost.extra_hardware.mine.peak_tflops", 5, 4),
+], ids=["key", "section", "nested key"])
+def test_a_key_or_section_given_twice_is_refused_naming_both_lines(tmp_path, text, key, line, first):
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    expected = f"{path}:{line}: {key} is given twice (first at line {first}): keep one"
+    with pytest.raises(PipelineError) as info:
+        P.load([BASE, path])
+    assert str(info.value) == expected
+    with pytest.raises(PipelineError) as info:       # the Snakefile reads files through merge_files
+        P.merge_files([BASE, path])
+    assert str(info.value) == expected
+
+
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  lr: 0.001\n   seed: 2\n", encoding="utf-8")
+    with pytest.raises(PipelineError) as info:
+        P.load([path])
+    assert str(info.value) == (f"params file {path}:3:8: mapping values are not allowed here "
+                               "(not valid YAML: indent with spaces, close every quote and bracket)")
+
+
+def test_a_params_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"data:\n  text_field: caf\xe9\n")
+    with pytest.raises(PipelineError, match=rf"params file {path} is not UTF-8 text .*offset 23.*save it as UTF-8"):
+        P.load([path])
+
+
+def test_booleans_are_not_numbers_but_exponents_without_a_dot_are(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  micro_batch_size: true\n  lr: 3e-4\n", encoding="utf-8")
+    with pytest.raises(PipelineError) as info:
+        P.load([BASE, path], ["model.n_head=false", "cost.budget_usd=true", "train.seed=yes"])
+    message = str(info.value)
+    assert message.startswith("4 problem(s)")
+    for key, value in (("train.micro_batch_size", "true"), ("model.n_head", "false"),
+                       ("cost.budget_usd", "true"), ("train.seed", "true")):
+        assert f"  - {key}: {value} is a boolean, not a number\n" in message, key
+    # YAML 1.1 reads 3e-4 (no dot) as a string; it still means the number, in a file or in --set
+    assert isinstance(yaml.safe_load("3e-4"), str)
+    path.write_text("train:\n  lr: 3e-4\n", encoding="utf-8")
+    assert P.load([BASE, path]).train.lr == 3e-4
+    assert P.load([BASE], ["train.lr=3e-4"]).train.lr == 3e-4

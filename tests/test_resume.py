@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+from pipeline.stages import run_stage
 from pipeline import checkpoint as ckpt
 from pipeline import train
 from trainkit import ROOT, cli, env, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
@@ -31,7 +32,7 @@ def wait_for_checkpoint(base, proc, step, timeout=300):
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(demo_tokens, tmp_path):
     reference = tmp_path / "reference"
-    train.run(tiny_params(demo_tokens, reference, *RUN))
+    run_stage("train", tiny_params(demo_tokens, reference, *RUN)).as_dict()
 
     killed = tmp_path / "killed"
     proc = start(cli(demo_tokens, killed, *RUN))
@@ -70,14 +71,14 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_nonzero(demo_tokens, tm
 
 def test_a_corrupt_newest_checkpoint_is_skipped_loudly(demo_tokens, tmp_path, capsys):
     params = tiny_params(demo_tokens, tmp_path, "train.max_steps=10", "train.checkpoint_every=5")
-    train.run(params)
+    run_stage("train", params).as_dict()
     finished = final_weights(tmp_path)
     losses = train_losses(tmp_path)
     weights = tmp_path / "checkpoints" / "step-000010" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a disk that filled up
     capsys.readouterr()
 
-    result = train.run(params)
+    result = run_stage("train", params).as_dict()
     assert "step-000010 is corrupt" in capsys.readouterr().err
     assert result["resumed_from"] == "step-000005"
     assert (tmp_path / "checkpoints" / "step-000010.corrupt").is_dir()

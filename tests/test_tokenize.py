@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from pipeline.stages import run_stage
 from pipeline import estimate, params as params_module, tokenize
 from pipeline.corpus import Corpus, is_val
 from pipeline.errors import PipelineError
@@ -78,7 +79,7 @@ def test_autotokenizer_loads_it_offline_and_round_trips_azerbaijani(demo_tokens)
 def test_tokenizing_twice_gives_byte_identical_outputs(demo_tokens, tmp_path):
     again = demo_tokens.params.model_copy(update={"paths": demo_tokens.params.paths.model_copy(
         update={"tokenizer": tmp_path / "tokenizer", "tokens": tmp_path / "tokens"})})
-    tokenize.run(again)
+    run_stage("tokenize", again).as_dict()
     first, second = demo_tokens.params.paths, again.paths
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (second.tokenizer / name).read_bytes() == (first.tokenizer / name).read_bytes()
@@ -91,7 +92,7 @@ def test_tokenizing_twice_gives_byte_identical_outputs(demo_tokens, tmp_path):
 def test_text_that_spells_the_end_of_text_token_is_not_a_boundary(tmp_path):
     docs = DOCS[:40] + [f"a document mentioning {tokenize.EOT} in its text {i}" for i in range(20)]
     write_corpus(tmp_path, docs)
-    manifest = tokenize.run(small_params(tmp_path))
+    manifest = run_stage("tokenize", small_params(tmp_path)).as_dict()
     for split in ("train", "val"):
         ids = read_tokens(tmp_path / "tokens" / f"{split}.bin")
         assert int((ids == manifest["eot_token_id"]).sum()) == manifest["documents"][split]
@@ -102,7 +103,7 @@ def test_replacements_are_counted_in_the_manifest_and_printed(tmp_path, capsys):
     write_corpus(tmp_path, DOCS)
     with open(tmp_path / "corpus" / "docs.txt", "ab") as fh:
         fh.write(b"\n\nbroken \xff\xfe bytes")
-    manifest = tokenize.run(small_params(tmp_path))
+    manifest = run_stage("tokenize", small_params(tmp_path)).as_dict()
     assert manifest["invalid_utf8_replacements"] == 2
     assert "2 undecodable bytes were replaced" in capsys.readouterr().out
 
@@ -114,7 +115,7 @@ def test_replacements_are_counted_in_the_manifest_and_printed(tmp_path, capsys):
 def test_vocabulary_too_small_or_too_large(tmp_path, vocab, message):
     write_corpus(tmp_path, DOCS)
     with pytest.raises(PipelineError, match=message):
-        tokenize.run(small_params(tmp_path, f"tokenizer.vocab_size={vocab}"))
+        run_stage("tokenize", small_params(tmp_path, f"tokenizer.vocab_size={vocab}")).as_dict()
     assert not (tmp_path / "tokens").exists() and not (tmp_path / "tokenizer").exists()
 
 
@@ -122,14 +123,14 @@ def test_a_corpus_too_small_for_one_context_window_stops_before_training(tmp_pat
     """Checked by estimate, the first stage that reads model.context: changing the context must
     not retokenize the corpus."""
     write_corpus(tmp_path, DOCS)
-    manifest = tokenize.run(small_params(tmp_path))
-    path = tmp_path / "tokens" / "manifest.json"
+    manifest = run_stage("tokenize", small_params(tmp_path))
+    path = tmp_path / "tokens"
     with pytest.raises(PipelineError, match=r"too small for one context window: its val split has "
-                                            rf"{manifest['val_tokens']} tokens .*model\.context 4096"):
+                                            rf"{manifest.val_tokens} tokens .*model\.context 4096"):
         estimate.check_windows(manifest, 4096, path)
-    train = manifest["train_tokens"]
+    train = manifest.train_tokens
     with pytest.raises(PipelineError, match=rf"its train split has {train} tokens .*model\.context {train}"):
-        estimate.check_windows(dict(manifest, val_tokens=10 * train), train, path)
+        estimate.check_windows(manifest.model_copy(update={"val_tokens": 10 * train}), train, path)
     estimate.check_windows(manifest, 8, path)  # both splits hold a window of 8
 
 
@@ -138,10 +139,10 @@ def test_a_val_fraction_that_leaves_no_val_documents(tmp_path):
     write_corpus(tmp_path, docs)
     with pytest.raises(PipelineError, match=r"data\.val_fraction leaves no validation documents among the "
                                             rf"{len(docs)}.*raise data\.val_fraction"):
-        tokenize.run(small_params(tmp_path, "data.val_fraction=0.01"))
+        run_stage("tokenize", small_params(tmp_path, "data.val_fraction=0.01")).as_dict()
     # with a capped BPE sample the problem only shows after encoding: same error, nothing written
     with pytest.raises(PipelineError, match=r"leaves no validation documents"):
-        tokenize.run(small_params(tmp_path, "data.val_fraction=0.01", "tokenizer.train_sample_bytes=100"))
+        run_stage("tokenize", small_params(tmp_path, "data.val_fraction=0.01", "tokenizer.train_sample_bytes=100")).as_dict()
     assert not (tmp_path / "tokens").exists()
 
 
@@ -149,13 +150,13 @@ def test_a_val_fraction_that_leaves_no_train_documents(tmp_path):
     docs = [d for d in DOCS if is_val(d, 0.99)]
     write_corpus(tmp_path, docs)
     with pytest.raises(PipelineError, match=r"data\.val_fraction leaves no training documents.*lower"):
-        tokenize.run(small_params(tmp_path, "data.val_fraction=0.99"))
+        run_stage("tokenize", small_params(tmp_path, "data.val_fraction=0.99")).as_dict()
 
 
 def test_an_empty_corpus(tmp_path):
     write_corpus(tmp_path, ["", "   ", ""])
     with pytest.raises(PipelineError, match=r"corpus .* holds no text"):
-        tokenize.run(small_params(tmp_path))
+        run_stage("tokenize", small_params(tmp_path)).as_dict()
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
@@ -163,7 +164,7 @@ def test_an_interrupted_run_leaves_the_previous_outputs_and_nothing_half_written
                                                                                  interruption):
     write_corpus(tmp_path, DOCS)
     params = small_params(tmp_path)
-    before = tokenize.run(params)
+    before = run_stage("tokenize", params).as_dict()
     snapshot = {p: p.read_bytes() for d in ("tokens", "tokenizer") for p in (tmp_path / d).iterdir()}
 
     # more text, encoded in many small chunks; the run dies after writing some of them
@@ -180,7 +181,7 @@ def test_an_interrupted_run_leaves_the_previous_outputs_and_nothing_half_written
 
     monkeypatch.setattr(TokenWriter, "write", dying_write)
     with pytest.raises(interruption):
-        tokenize.run(params)
+        run_stage("tokenize", params).as_dict()
     assert {p: p.read_bytes() for d in ("tokens", "tokenizer") for p in (tmp_path / d).iterdir()} == snapshot
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "tokenizer", "tokens"]  # no leftovers
     assert json.loads((tmp_path / "tokens" / "manifest.json").read_text())["train_tokens"] == before["train_tokens"]
@@ -190,8 +191,8 @@ def test_errors_met_while_reading_stop_the_stage_cleanly(tmp_path):
     write_corpus(tmp_path, DOCS)
     (tmp_path / "corpus" / "zz.txt").write_bytes(b"late \xff text\n")
     with pytest.raises(PipelineError, match=r"zz\.txt is not valid UTF-8 \(first bad byte at offset 5\)"):
-        tokenize.run(small_params(tmp_path, "data.encoding_errors=strict"))
+        run_stage("tokenize", small_params(tmp_path, "data.encoding_errors=strict")).as_dict()
     (tmp_path / "corpus" / "zz.txt").write_bytes(b"\0\1\2 binary")
     with pytest.raises(PipelineError, match=r"zz\.txt looks binary"):
-        tokenize.run(small_params(tmp_path))
+        run_stage("tokenize", small_params(tmp_path)).as_dict()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
