@@ -5,18 +5,38 @@ from), the same commands, the same params.yaml.
     snakemake --profile cpu --configfile params/demo.yaml   # the demo, as `make demo` runs it
     snakemake --config 'train={lr: 0.0003}'                 # override values
 
-The Snakemake config is params.yaml with any --configfile layered over it and --config on top;
-every job receives the same files and overrides, so the stages see exactly this config.
+The config is params.yaml, each --configfile over it, then --config (and a profile's `config:`)
+on top. Each stage job runs
+
+    python -m pipeline STAGE --params params.yaml --params logs/params/STAGE.yaml
+
+where logs/params/STAGE.yaml holds the values of exactly the keys the stage reads (the registry's
+`params`), written by the `stage_params` job only when one of them changed. Snakemake's own rerun
+triggers then do the rest (README: "Only what changed reruns"):
+
+- a changed value reruns its `stage_params` job (the params trigger) and so the stages that
+  read it, in the same run; the command line itself never changes;
+- every corpus file is an input: adding, removing (the input trigger) or editing one (mtime)
+  reruns tokenize; touching the corpus directory reruns nothing;
+- estimate is a checkpoint: once it has run, Snakemake re-evaluates train against the plan it
+  wrote, which train reads by content (Snakemake compares a small input's checksum before
+  trusting its timestamp), so a budget change never retrains;
+- the estimate report (reports/cost.md) is declared as a log: Snakemake deletes a failed job's
+  outputs but never its logs, so the budget gate's refusal stays readable.
 """
-import json
 import os
-import shlex
+import re
 import sys
+from pathlib import Path
+
+import yaml
+from snakemake.utils import update_config
 
 sys.path.insert(0, workflow.basedir)
 from pipeline import params as params_module
+from pipeline.corpus import Corpus
 from pipeline.errors import PipelineError
-from pipeline.stages import STAGES, params_of
+from pipeline.stages import CORPUS, STAGES, params_of
 
 configfile: "params.yaml"
 
@@ -24,52 +44,178 @@ configfile: "params.yaml"
 # image built from docker/ and held by the local Docker daemon. See docker/README.md.
 container: "docker-daemon://budgetgpt:cuda"
 
-# relative paths: the same checkout mounted elsewhere (a container) must not look changed
+
+class _ConfigValues(yaml.SafeLoader):
+    """YAML as in a params file, plus Python's None: a profile's `config:` reaches Snakemake as
+    Python reprs ("cost={'usd_per_hour': None}")."""
+
+
+_ConfigValues.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^None$"), ["N"])
+
+
+def typed_config_args():
+    """--config (and a profile's config:) with YAML types. Snakemake reads these values as text
+    ("null", "9") apart from a top-level number or boolean; a params file would not."""
+    overrides = {}
+    for entry in workflow.config_settings.config_args or []:
+        key, _, raw = entry.partition("=")
+        try:
+            value = yaml.load(raw, Loader=_ConfigValues) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        update_config(overrides, {key: value})
+    return overrides
+
+
 PARAM_FILES = ["params.yaml", *(os.path.relpath(f) for f in workflow.overwrite_configfiles)]
-_from_files = params_module.flatten(params_module.merge_files(PARAM_FILES))
-OVERRIDES = [f"{key}={json.dumps(value)}" for key, value in params_module.flatten(config).items()
-             if _from_files.get(key, object()) != value]
+_merged = params_module.merge_files(PARAM_FILES)
+update_config(_merged, typed_config_args())
 try:  # validated when the workflow is parsed, before any job starts
-    PARAMS = params_module.from_dict(config, source=", ".join(PARAM_FILES + ["--config"]))
+    PARAMS = params_module.from_dict(_merged, source=", ".join(PARAM_FILES + ["--config"]))
 except PipelineError as exc:
     raise WorkflowError(str(exc)) from None
 PATHS = {key: str(value) for key, value in PARAMS.section("paths").items()}
-CLI_ARGS = " ".join([f"--params {shlex.quote(f)}" for f in PARAM_FILES]
-                    + [f"--set {shlex.quote(o)}" for o in OVERRIDES])
+VALUES_FILE = "logs/params/{stage}.yaml"
 
 
-def path(template):
-    return template.format(**PATHS)
+def stage_values(stage):
+    """The keys the stage reads with their values, as a params overlay (YAML)."""
+    overlay = {}
+    for key, value in params_of(stage, PARAMS).items():
+        *parents, leaf = key.split(".")
+        node = overlay
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return yaml.safe_dump(overlay, sort_keys=True, allow_unicode=True)
 
 
-def declared(template):
-    resolved = path(template)
-    return resolved if "." in resolved.rsplit("/", 1)[-1] else directory(resolved)
+VALUES = {stage.name: stage_values(stage) for stage in STAGES}
+
+
+def corpus_files():
+    """Every file of the corpus, as the tokenize stage finds them (pipeline/corpus.py): the files
+    of a directory or glob, one file, or every file of a `datasets` save_to_disk directory."""
+    try:
+        sources = Corpus(PARAMS.paths.corpus, PARAMS.data).sources
+    except PipelineError:
+        return [PATHS["corpus"]]   # missing or empty: Snakemake or the tokenize stage says so
+    files = []
+    for fmt, source in sources:
+        if fmt != "datasets":
+            files.append(str(source))
+            continue
+        for root, dirs, names in os.walk(source):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+    return files
+
+
+# A stage whose output a later stage reads by content is a checkpoint (see the docstring).
+PRODUCER = {artifact.name: stage for stage in STAGES for artifact in stage.outputs}
+CHECKPOINTS = {PRODUCER[a.name].name for stage in STAGES for a in stage.inputs if a.by_content}
+
+
+def by_content(stage):
+    """An input function: the stage's by-content inputs, once their checkpoint has run."""
+    artifacts = [a for a in stage.inputs if a.by_content]
+
+    def inputs(wildcards):
+        for artifact in artifacts:
+            getattr(checkpoints, PRODUCER[artifact.name].name).get()
+        return [p for artifact in artifacts for p in artifact.paths(PATHS)]
+
+    return inputs
+
+
+def inputs(stage):
+    files = {"values": VALUES_FILE.format(stage=stage.name),
+             "code": [d for d in stage.all_deps if d.startswith("pipeline/")]}
+    for artifact in stage.inputs:
+        if artifact is CORPUS:
+            files[artifact.name] = corpus_files()
+        elif artifact.by_content:
+            files[artifact.name] = by_content(stage)
+        else:
+            files[artifact.name] = artifact.paths(PATHS)
+    return files
+
+
+def outputs(stage):
+    """Its outputs, bar resume state (Snakemake would delete it before a rerun and after a failed
+    job) and what must outlive a failure (a log). A directory is declared by its files."""
+    files = {}
+    for artifact in stage.outputs:
+        if artifact.role == "persistent" or artifact.kept_on_failure:
+            continue
+        declared = artifact.paths(PATHS)
+        files[artifact.name] = declared if artifact.files or not artifact.directory else directory(declared[0])
+    return files
+
+
+def logs(stage):
+    kept = {a.name: a.paths(PATHS)[0] for a in stage.outputs if a.kept_on_failure}
+    return {"job": f"logs/{stage.name}.log", **kept}
+
+
+COMMAND = "python -m pipeline {params.stage} --params params.yaml --params {input.values} 2>&1 | tee {log.job}"
 
 
 rule all:
     input:
-        [path(m) for m in STAGES[-1].metrics],
-        path("{reports}/summary.md"),
+        # the headline metrics and the summary of the last stage
+        [p for a in STAGES[-1].outputs if a.role == "metrics" or a.name == "summary_md" for p in a.paths(PATHS)],
     default_target: True
 
 
-for stage in STAGES:
+rule stage_params:
+    output:
+        VALUES_FILE,
+    params:
+        # the rerun trigger: a value the stage reads changed (README: Only what changed reruns)
+        values=lambda wildcards: VALUES[wildcards.stage],
+    wildcard_constraints:
+        stage="|".join(VALUES),
+    log:
+        "logs/params/{stage}.log",
+    localrule: True
+    run:
+        Path(output[0]).write_text(params.values, encoding="utf-8")
 
-    rule:
-        name:
-            stage.name
-        input:
-            [ancient(path(d)) if d in stage.content_deps else path(d) for d in stage.all_deps],
-        output:
-            [declared(o) for o in stage.outs + stage.small_outs + stage.metrics],
-        params:
-            # the rerun trigger: Snakemake reruns a rule when the values it reads change
-            values=json.dumps(params_of(stage, PARAMS), sort_keys=True),
-            command=f"{stage.command} {CLI_ARGS}",
-        resources:
-            gpu=int(stage.gpu),
-        log:
-            f"logs/{stage.name}.log",
-        shell:
-            "{params.command} 2>&1 | tee {log}"
+
+for stage in STAGES:
+    if stage.name in CHECKPOINTS:
+
+        checkpoint:
+            name:
+                stage.name
+            input:
+                **inputs(stage),
+            output:
+                **outputs(stage),
+            log:
+                **logs(stage),
+            params:
+                stage=stage.name,
+            resources:
+                gpu=int(stage.gpu),
+            shell:
+                COMMAND
+
+    else:
+
+        rule:
+            name:
+                stage.name
+            input:
+                **inputs(stage),
+            output:
+                **outputs(stage),
+            log:
+                **logs(stage),
+            params:
+                stage=stage.name,
+            resources:
+                gpu=int(stage.gpu),
+            shell:
+                COMMAND

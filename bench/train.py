@@ -49,7 +49,8 @@ def prepare_tokens() -> Path:
     """The demo corpus, tokenized by the real stage, once (bench/out/train/data)."""
     data = OUT / "data"
     if not (data / "tokens" / "manifest.json").is_file():
-        from pipeline import demo_corpus, params, tokenize
+        from pipeline import demo_corpus, params
+        from pipeline.stages import run_stage
 
         p = params.load([ROOT / "params.yaml", ROOT / "params" / "demo.yaml"],
                         [f"paths.corpus={data / 'corpus'}", f"paths.tokenizer={data / 'tokenizer'}",
@@ -102,17 +103,18 @@ def child(impl: str, config: str, precision: str, data: Path, nanogpt: Path | No
 
 
 def run_pipeline(params, work: Path, warmup: int) -> dict:
-    from pipeline import train
     from pipeline.batches import TrainWindows
+    from pipeline.stages import run_stage
+    from pipeline.tokens import TRAIN_FILE
 
-    report = run_stage("train", params)
+    report = run_stage("train", params).as_dict()
     tsv = work / "reports" / "train_live" / "plots" / "metrics" / "train" / "tokens_per_second.tsv"
     rates = [float(line.split("\t")[1]) for line in tsv.read_text().splitlines()[1:]][warmup:]
     seconds = report["seconds"]
     log = seconds["log"] / report["steps"]  # DVCLive + tqdm, outside the per-step rate
     times = [params.train.tokens_per_step / r + log for r in rates]
     step = statistics.median(times) - log
-    windows = TrainWindows(params.paths.tokens / "train.bin", params.model.context,
+    windows = TrainWindows(params.paths.tokens / TRAIN_FILE, params.model.context,
                            params.train.tokens_per_step // params.model.context, params.train.seed)
     t = time.perf_counter()
     for s in range(200):
@@ -131,16 +133,19 @@ def run_minimal(params, warmup: int, steps: int) -> dict:
 
     from pipeline.batches import TrainWindows
     from pipeline.model import build_model
+    from pipeline.tokens import TRAIN_FILE
 
-    manifest = json.loads((params.paths.tokens / "manifest.json").read_text())
+    from pipeline.tokens import MANIFEST_FILE, TokenManifest
+
+    manifest = TokenManifest.read(params.paths.tokens / MANIFEST_FILE)
     cfg, context = params.train, params.model.context
     torch.manual_seed(cfg.seed)
-    model = build_model(params.model, manifest["vocab_size"], manifest["eot_token_id"])
+    model = build_model(params.model, manifest.vocab_size, manifest.eot_token_id)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
-    windows = TrainWindows(params.paths.tokens / "train.bin", context, cfg.tokens_per_step // context, cfg.seed)
+    windows = TrainWindows(params.paths.tokens / TRAIN_FILE, context, cfg.tokens_per_step // context, cfg.seed)
     batches = [windows.batch(s, 0, 0, 1, cfg.micro_batch_size) for s in range(warmup + steps)]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.precision]
     times = []
@@ -163,14 +168,21 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
     from accelerate import Accelerator
 
     from pipeline import train
+    from pipeline.guard import BudgetGuard
+    from pipeline.plan import setup_for
+    from pipeline.stages import by_name, paths_for
+    from pipeline.tokens import load
     from pipeline.trainlog import Meter, TrainLog
-    from pipeline.trainsetup import resolve_setup
 
-    manifest = json.loads((params.paths.tokens / "manifest.json").read_text())
+    paths = paths_for(by_name("train"), params)
+    manifest = load(paths["tokens"], data / "tokenizer")
     accelerator = Accelerator(cpu=True)
-    setup = resolve_setup(params, params.paths.reports / "no-plan.json", "cpu", 1)
-    stage = train.Trainer(params, setup, accelerator, manifest, params.paths.tokens, data / "tokenizer")
-    stage.meter = Meter(params, setup, manifest["vocab_size"], accelerator.device)
+    setup = setup_for(params, params.paths.reports / "no-plan.json", "cpu", 1, manifest.vocab_size)
+    tokenizer = train._load_tokenizer(data / "tokenizer", params)
+    outputs = {k: paths[k] for k in ("model", "train_live", "checkpoints", "train_report")}
+    stage = train.Trainer(params, setup, accelerator, manifest, paths["tokens"], tokenizer, outputs,
+                          BudgetGuard(None, 0.0, 0))
+    stage.meter = Meter(params, setup, manifest.vocab_size, accelerator.device)
     stage.log = TrainLog(params.paths.reports / "train_live", True, params.train, 0)
     model, optimizer = stage.raw, stage.optimizer
     x, y = stage.windows.batch(0, 0, 0, 1, setup.micro_batch_size)

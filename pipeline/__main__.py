@@ -22,6 +22,8 @@ STAGES = {
 TOOLS = {
     "demo-corpus": ("pipeline.demo_corpus", "write the bundled multilingual demo corpus"),
     "dag": ("pipeline.dag", "write dvc.yaml from the stage registry, or --check that it is current"),
+    "doctor": ("pipeline.doctor", "before paying for a run: is this machine ready for it? (exit 2 if not)"),
+    "gpu-check": ("pipeline.gpucheck", "on a new GPU: measure memory, speed and the 4 GB / 16 GB plans (reports/gpu-check.md)"),
 }
 
 

@@ -40,11 +40,11 @@ def mfu(tokens_per_second: float, flops_per_token_: float, peak_flops: float, de
 
 
 # ---- memory -------------------------------------------------------------------------------------
-# Peak bytes of one training micro-step of GPT2LMHeadModel as pipeline/train.py runs it: fp32 weights
+# Peak bytes of one training micro-step of GPT2LMHeadModel as pipeline/step.py runs it: fp32 weights
 # (the master copy), autocast for fp16/bf16, fused AdamW, gradients kept across accumulation, the
-# logits held while F.cross_entropy's fp32 log-softmax and its gradients exist. Every term below is a
+# logits alive until F.cross_entropy's fp32 log-softmax is made from them. Every term below is a
 # tensor autograd saves (or the loss backward allocates); tests/test_compute.py checks the sum
-# against torch's MemTracker on CPU.
+# against torch's MemTracker on CPU over that very step.
 
 # one kernel: saves its input h, and c_proj saves its output
 FUSED_ACTIVATIONS = frozenset({"gelu", "gelu_pytorch_tanh", "relu", "silu"})
@@ -59,7 +59,7 @@ class Memory:
     optimizer: int        # AdamW exp_avg + exp_avg_sq, fp32
     autocast_cache: int   # fp16/bf16 copies of the matmul weights autocast keeps for backward
     activations: int      # tensors saved for backward, all layers (one block input each when checkpointing)
-    loss: int             # logits + fp32 log-softmax + its gradients, or the recomputed block at backward
+    loss: int             # logits and the fp32 log-softmax, or its gradients, or the recomputed block
     runtime: int          # CUDA context and library workspaces, or the process itself
 
     @property
@@ -105,7 +105,9 @@ def training_memory(model: Model, vocab_size: int, micro_batch_size: int, precis
         # scores + the fp32 causal mask promote to fp32, softmax saves that, AV saves its cast back
         block += heads * t * (4 + (a if low else 0))
     head = 4 * d + 8 + a * d    # ln_f input + stats, lm_head input
-    logits = a * vocab_size     # held by the training loop through backward
+    # pipeline/step.py keeps only the loss: the logits live until the fp32 log-softmax is made from
+    # them, then only what autograd saved (the log-softmax) and the loss gradients exist
+    logits = a * vocab_size + 4 * vocab_size
     loss_backward = 12 * vocab_size  # fp32 log-softmax, nll_loss grad, log-softmax grad
     block_backward = 8 * d * a       # gradients in flight inside one block's backward
     layer_casts = 12 * d * d + 9 * d if low else 0
@@ -115,11 +117,11 @@ def training_memory(model: Model, vocab_size: int, micro_batch_size: int, precis
         # one block input each; backward meets the loss first, then recomputes one block at a time,
         # and autocast's weight cache is gone by then (it is cleared when the autocast region exits)
         saved = layers * 4 * d + head
-        peak_tokens = logits + max(loss_backward, block + block_backward)
+        peak_tokens = max(logits, loss_backward, block + block_backward)
         casts = head_casts + (layer_casts if block + block_backward > loss_backward else 0)
     else:
         saved = layers * block + head
-        peak_tokens = logits + max(loss_backward, block_backward)
+        peak_tokens = max(logits, loss_backward, block_backward)
         casts = head_casts + layers * layer_casts
     return Memory(weights=4 * n, gradients=4 * n, optimizer=8 * n, autocast_cache=2 * casts,
                   activations=tokens * saved, loss=tokens * peak_tokens, runtime=runtime_bytes)

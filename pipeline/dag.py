@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import plots
 from pipeline.atomic import write_text
 from pipeline.errors import PipelineError
 from pipeline.params import Params
@@ -23,15 +24,20 @@ from pipeline.stages import STAGES, Stage
 DVC_FILE = Path("dvc.yaml")
 HEADER = "# Generated from pipeline/stages.py by `python -m pipeline dag`: edit the registry, not this file.\n"
 
-# `dvc plots show`: the data files are written by the evaluate stage.
+# `dvc plots show` (pipeline/plots.py writes the files): the evaluate stage's PNGs as image plots,
+# which render anywhere, and the loss curves as data, train and val in two colours
+# (.dvc/plots/loss_by_split.json: DVC's own templates colour by revision only). No plot of the
+# checkpoints: with evaluate.checkpoints: best_and_final it holds one or two points (they are
+# drawn on loss.png).
 PLOTS: dict[str, dict[str, Any]] = {
-    "loss": {"title": "Train and validation loss", "x": "tokens",
-             "y": {"{reports}/plots/loss_train.csv": "loss", "{reports}/plots/loss_val.csv": "loss"}},
-    "checkpoints": {"title": "Validation loss across checkpoints", "x": "tokens",
-                    "y": {"{reports}/plots/checkpoints.csv": "val_loss"}},
+    "loss": {"title": "Train and validation loss", "template": "loss_by_split", "x": "tokens",
+             "x_label": "tokens seen", "y_label": "cross-entropy (nats/token)",
+             "y": {f"{{reports}}/plots/{plots.LOSS_TRAIN_CSV}": "loss",
+                   f"{{reports}}/plots/{plots.LOSS_VAL_CSV}": "loss"}},
     "estimate_vs_actual": {"title": "Actual against estimate (error %)", "template": "bar_horizontal",
-                           "x": "error_pct", "y": {"{reports}/plots/estimate_vs_actual.csv": "quantity"}},
+                           "x": "error_pct", "y": {f"{{reports}}/plots/{plots.ESTIMATE_CSV}": "quantity"}},
 }
+IMAGES = (f"{{reports}}/plots/{plots.LOSS_PNG}", f"{{reports}}/plots/{plots.ESTIMATE_PNG}")
 
 
 def dvc_path(template: str) -> str:
@@ -48,10 +54,11 @@ def _stage_entry(stage: Stage) -> dict[str, Any]:
         "deps": [dvc_path(d) for d in stage.all_deps],
         "params": list(stage.params),
     }
+    # data: in the DVC cache, pushed to the remote; reports: committed to git (cache: false).
+    # Resume state (checkpoints) is no output at all: DVC would otherwise delete it before a
+    # rerun (or need `persist`), and a clone without it would rerun the stage.
     outs: list[Any] = [dvc_path(o) for o in stage.outs]
     outs += [{dvc_path(o): {"cache": False}} for o in stage.small_outs]
-    # Resume state must survive `dvc repro`: persist keeps DVC from deleting it before a rerun.
-    outs += [{dvc_path(o): {"persist": True, "cache": False}} for o in stage.persistent]
     entry["outs"] = outs
     if stage.metrics:
         entry["metrics"] = [{dvc_path(m): {"cache": False}} for m in stage.metrics]
@@ -61,8 +68,9 @@ def _stage_entry(stage: Stage) -> dict[str, Any]:
 def render() -> str:
     doc = {
         "stages": {stage.name: _stage_entry(stage) for stage in STAGES},
-        "plots": [{name: {**spec, "y": {dvc_path(f): col for f, col in spec["y"].items()}}}
-                  for name, spec in PLOTS.items()],
+        "plots": [dvc_path(image) for image in IMAGES]
+                 + [{name: {**spec, "y": {dvc_path(f): col for f, col in spec["y"].items()}}}
+                    for name, spec in PLOTS.items()],
     }
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=100, allow_unicode=True)
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import compute, hardware, provenance
+from pipeline import calibration, compute, hardware, provenance
 from pipeline.atomic import write_text
 from pipeline.errors import BudgetExceeded, PipelineError
 from pipeline.hardware import GIB, Device
@@ -49,7 +49,8 @@ class CostReport(Record):
     pricing: str
     fits: bool
     within_budget: bool
-    override: bool
+    override: bool                # over budget, and allowed by cost.override_budget
+    override_budget: bool         # cost.override_budget as given: train's budget guard obeys it too
     over_budget: list[str]
     budget: dict[str, float | None]
     tokens: int
@@ -92,16 +93,18 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     _check_settings(params, device)
 
     fit = plan_for(params, device, vocab)
-    mfu, mfu_source = _mfu(params, device, fit, manifest)
+    mfu, mfu_source, wall_over_steps = _mfu(params, device, fit, manifest)
     work = Work.of(params, fit.plan, manifest)
-    figures = price(work, device, params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour)
+    figures = price(work, device, params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour,
+                    wall_over_steps=wall_over_steps)
     over = _over_budget(params, figures)
     what_if = [_what_if_row(params, d, manifest, k, planned=(fit.plan, mfu) if d.name == device.name else None)
                for k in WHAT_IF_SCALES for d in devices.values()]
     report = CostReport.make(
         device=device.name, device_description=device.description, num_devices=params.cost.num_devices,
         pricing=params.cost.pricing, fits=fit.fits, within_budget=not over,
-        override=bool(params.cost.override_budget and over and fit.fits), over_budget=over,
+        override=bool(params.cost.override_budget and over and fit.fits),
+        override_budget=params.cost.override_budget, over_budget=over,
         budget={"usd": params.cost.budget_usd, "hours": params.cost.budget_hours, "kwh": params.cost.budget_kwh},
         tokens=work.tokens, steps=work.tokens // fit.plan.tokens_per_step, tokens_per_step=fit.plan.tokens_per_step,
         train_tokens_available=manifest.train_tokens,
@@ -197,14 +200,19 @@ class Work:
         return self.flops_per_token * FORWARD_SHARE * self.eval_tokens
 
 
-def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hour: float | None) -> dict[str, Any]:
-    """Hours, dollars, kWh and CO2 of `work` on cost.num_devices devices at model FLOPs utilization `mfu`."""
+def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hour: float | None,
+          wall_over_steps: float | None = None) -> dict[str, Any]:
+    """Hours, dollars, kWh and CO2 of `work` on cost.num_devices devices at model FLOPs utilization
+    `mfu`. The time outside the optimizer steps is a measured share (wall_over_steps, learned from
+    an earlier run) where there is one, else the validations' forward FLOPs."""
     cost = params.cost
     peak = device.peak_flops[work.plan.precision] * cost.num_devices
     step_hours = work.flops / (peak * mfu) / 3600
-    # validation runs at the hardware's utilization for this model, which recompute does not lower
-    eval_hours = work.eval_flops / (peak * mfu * work.recompute) / 3600
-    hours = step_hours + eval_hours
+    if wall_over_steps:
+        hours = step_hours * wall_over_steps
+    else:
+        # validation runs at the hardware's utilization for this model, which recompute does not lower
+        hours = step_hours + work.eval_flops / (peak * mfu * work.recompute) / 3600
     kwh = device.power_watts * cost.num_devices * hours * cost.pue / 1000
     if cost.pricing == "owned":
         rate = usd_per_hour or 0.0
@@ -222,15 +230,24 @@ def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hou
             "eval_flops": work.eval_flops, "recompute_factor": work.recompute}
 
 
-def _mfu(params: Params, device: Device, fit: Fit, manifest: TokenManifest) -> tuple[float, str]:
-    """Model FLOPs utilization for this plan: measured (cost.calibrate), given (cost.mfu), or the
-    catalog's assumption lowered by the recompute of activation checkpointing."""
+def _mfu(params: Params, device: Device, fit: Fit, manifest: TokenManifest) -> tuple[float, str, float | None]:
+    """Model FLOPs utilization for this plan, where it came from, and the measured share of wall
+    time outside the steps if known: timed here (cost.calibrate), given (cost.mfu), learned from
+    an earlier run of this shape on this machine (cost.learn_mfu), or the catalog's assumption
+    lowered by the recompute of activation checkpointing."""
     cost = params.cost
     if cost.calibrate and fit.fits:  # a plan that does not fit is refused below: nothing to time
-        return calibrate(params, fit.plan, device, manifest.vocab_size, manifest.eot_token_id)
+        return (*calibrate(params, fit.plan, device, manifest.vocab_size, manifest.eot_token_id), None)
     if cost.mfu is not None:
-        return cost.mfu, "params: cost.mfu"
-    return _catalog_mfu(device, fit.plan)
+        return cost.mfu, "params: cost.mfu", None
+    learned = calibration.recall(calibration.key_for(device, params.model, manifest.vocab_size, fit.plan)) \
+        if cost.learn_mfu else None
+    if learned:
+        return (learned.mfu, f"learned: measured by the train stage on this machine at {learned.measured_at} "
+                             f"({learned.tokens_per_second:,.0f} tokens/s, wall time {learned.wall_over_steps:.3g}x "
+                             f"the step time; kept in {calibration.path()}; cost.learn_mfu: false ignores it)",
+                learned.wall_over_steps)
+    return (*_catalog_mfu(device, fit.plan), None)
 
 
 def _catalog_mfu(device: Device, plan: Plan) -> tuple[float, str]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
-from pipeline import checkpoint, plots, provenance, report
+from pipeline import checkpoint, headline, plots, provenance, report
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import PipelineError
 from pipeline.model import count_parameters
@@ -56,7 +56,7 @@ class Score:
 
 def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Path, train_report: Path,
         train_live: Path, checkpoints: Path, samples_md: Path, summary_md: Path, plots_dir: Path,
-        eval_report: Path) -> dict[str, Any]:
+        eval_report: Path, metrics: Path) -> dict[str, Any]:
     model_dir, tokens_dir, ckpt_dir = Path(model), Path(tokens), Path(checkpoints)
     ev = params.evaluate
 
@@ -108,6 +108,7 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Pat
     used = {k: params.section(k) for k in ("paths", "model", "evaluate")}
     used["train"] = {"device": params.train.device, "tokens_per_step": params.train.tokens_per_step}
     write_json(eval_report, {**result, **provenance.record(used)})
+    headline.write(metrics, result)   # reports/metrics.json: what `dvc exp show` compares
     print(f"val loss {result['val_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
           f"{result['bits_per_byte']:.4f} bits/byte over {final.tokens:,} tokens "
           f"(unigram baseline {baseline.as_dict()['val_loss']:.4f}) -> {summary_md}")

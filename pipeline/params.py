@@ -99,6 +99,8 @@ class Cost(Section):
     budget_hours: OptionalFloat = Field(default=None, gt=0)
     budget_kwh: OptionalFloat = Field(default=None, gt=0)
     override_budget: bool
+    budget_tolerance: Float = Field(ge=0)
+    learn_mfu: bool
     extra_hardware: dict[str, dict[str, Any]]
 
 

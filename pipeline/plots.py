@@ -5,20 +5,26 @@
     estimate_vs_actual.png / estimate_vs_actual.csv  error in % of each estimated quantity
 
 Every file is written on every run (a header-only CSV, a PNG saying why it is empty) so the DVC
-wiring never points at a missing file.
+wiring never points at a missing file. FILES names them all: the Snakefile declares them as the
+evaluate stage's outputs, and dvc.yaml's plots point at them (pipeline/dag.py).
 """
 from __future__ import annotations
 
 import csv
 import math
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
+from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import staging_dir
 from pipeline.report import QUANTITIES, with_unit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure   # imported where drawn: the registry imports FILES
+
+LOSS_PNG, LOSS_TRAIN_CSV, LOSS_VAL_CSV = "loss.png", "loss_train.csv", "loss_val.csv"
+CHECKPOINTS_PNG, CHECKPOINTS_CSV = "checkpoints.png", "checkpoints.csv"
+ESTIMATE_PNG, ESTIMATE_CSV = "estimate_vs_actual.png", "estimate_vs_actual.csv"
+FILES = (LOSS_PNG, LOSS_TRAIN_CSV, LOSS_VAL_CSV, CHECKPOINTS_PNG, CHECKPOINTS_CSV, ESTIMATE_PNG, ESTIMATE_CSV)
 
 _LOSS_FIELDS = ("step", "tokens", "loss")
 _CKPT_FIELDS = ("checkpoint", "step", "tokens", "val_loss", "perplexity", "bits_per_byte", "train_val_loss")
@@ -55,17 +61,17 @@ def _read_tsv(path: Path) -> list[tuple[int, float]]:
 def write_all(plots_dir: Path, live: dict[str, Any], checkpoints: dict[str, dict[str, Any]],
               eva: dict[str, Any], unigram_loss: float) -> None:
     with staging_dir(plots_dir) as out:
-        for split in ("train", "val"):
-            _write_csv(out / f"loss_{split}.csv", _LOSS_FIELDS, live[split])
-        _write_csv(out / "checkpoints.csv", _CKPT_FIELDS,
+        for split, name in (("train", LOSS_TRAIN_CSV), ("val", LOSS_VAL_CSV)):
+            _write_csv(out / name, _LOSS_FIELDS, live[split])
+        _write_csv(out / CHECKPOINTS_CSV, _CKPT_FIELDS,
                    [(name, *(r[k] for k in _CKPT_FIELDS[1:])) for name, r in checkpoints.items()])
         quantities = (eva.get("quantities") or {}).items()
-        _write_csv(out / "estimate_vs_actual.csv", _EVA_FIELDS,
+        _write_csv(out / ESTIMATE_CSV, _EVA_FIELDS,
                    [(n, q["estimate"], q["actual"], q["error_pct"]) for n, q in quantities
                     if q["error_pct"] is not None])
-        _loss_png(out / "loss.png", live, checkpoints, unigram_loss)
-        _checkpoints_png(out / "checkpoints.png", checkpoints)
-        _estimate_png(out / "estimate_vs_actual.png", eva)
+        _loss_png(out / LOSS_PNG, live, checkpoints, unigram_loss)
+        _checkpoints_png(out / CHECKPOINTS_PNG, checkpoints)
+        _estimate_png(out / ESTIMATE_PNG, eva)
 
 
 def _write_csv(path: Path, fields: tuple[str, ...], rows: list[tuple]) -> None:
@@ -76,6 +82,9 @@ def _write_csv(path: Path, fields: tuple[str, ...], rows: list[tuple]) -> None:
 
 
 def _figure(title: str, tokens_axis: bool = True) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
     fig = Figure(figsize=(9, 4.8), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title)

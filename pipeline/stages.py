@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.params import Params
+from pipeline.plots import FILES as PLOT_FILES
+from pipeline.tokens import MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE
 
 PACKAGE = Path(__file__).resolve().parent
 # Data files a module reads at run time: a change to them is a change to the module.
@@ -59,26 +61,48 @@ class Artifact:
     name: str                   # the keyword argument of the stages' run() functions
     template: str               # a path over params.paths: "{reports}/plan.json"
     directory: bool = False
-    role: str = "data"          # data: DVC caches it | report: kept in git | metrics | persistent
+    # data: DVC caches it and `dvc push` sends it to the remote | report: small, committed to git
+    # (DVC `cache: false`) | metrics: the headline numbers, committed to git, `dvc metrics` and
+    # `dvc exp show` | persistent: resume state on the machine that trains; no driver owns it
+    role: str = "data"
     # read by later stages by content, never by timestamp: a budget change rewrites the cost
-    # report but leaves the plan byte-identical, and must not retrain (Snakefile: ancient)
+    # report but leaves the plan byte-identical, and must not retrain (Snakefile: a checkpoint)
     by_content: bool = False
+    # the files a directory artifact holds, for a driver that tracks files (Snakemake declares
+    # them instead of the directory, so no marker file lands among them); () for a directory
+    # whose files vary (DVCLive's)
+    files: tuple[str, ...] = ()
+    # written even when its stage fails (the estimate stage's refusal): Snakemake declares it as
+    # a log, which it never deletes after a failed job
+    kept_on_failure: bool = False
+
+    def paths(self, values: dict[str, str]) -> list[str]:
+        """The files a file-tracking driver declares: the file, or a directory's named files."""
+        resolved = self.template.format(**values)
+        return [f"{resolved}/{name}" for name in self.files] if self.files else [resolved]
 
 
-CORPUS = Artifact("corpus", "{corpus}", directory=True)
-TOKENIZER = Artifact("tokenizer", "{tokenizer}", directory=True)        # pipeline/tokenize.py
-TOKENS = Artifact("tokens", "{tokens}", directory=True)                 # pipeline/tokens.py: TokenManifest
+# What save_pretrained writes for a GPT-2 model with a fast tokenizer (transformers'
+# CONFIG_NAME, GENERATION_CONFIG_NAME, SAFE_WEIGHTS_NAME; the tokenizer's files).
+_TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json")
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", *_TOKENIZER_FILES)
+
+CORPUS = Artifact("corpus", "{corpus}", directory=True)   # a directory, glob, file or dataset: pipeline/corpus.py
+TOKENIZER = Artifact("tokenizer", "{tokenizer}", directory=True, files=_TOKENIZER_FILES)   # pipeline/tokenize.py
+TOKENS = Artifact("tokens", "{tokens}", directory=True,
+                  files=(TRAIN_FILE, VAL_FILE, MANIFEST_FILE))          # pipeline/tokens.py: TokenManifest
 PLAN = Artifact("plan", "{reports}/plan.json", role="report", by_content=True)  # pipeline/plan.py: Plan
-COST = Artifact("cost", "{reports}/cost.json", role="metrics")          # pipeline/estimate.py: CostReport
-COST_MD = Artifact("cost_md", "{reports}/cost.md", role="report")
-MODEL = Artifact("model", "{model}", directory=True)                    # save_pretrained
+COST = Artifact("cost", "{reports}/cost.json", role="report")           # pipeline/estimate.py: CostReport
+COST_MD = Artifact("cost_md", "{reports}/cost.md", role="report", kept_on_failure=True)
+MODEL = Artifact("model", "{model}", directory=True, files=_MODEL_FILES)   # save_pretrained
 CHECKPOINTS = Artifact("checkpoints", "{checkpoints}", directory=True, role="persistent")  # pipeline/checkpoint.py
 TRAIN_LIVE = Artifact("train_live", "{reports}/train_live", directory=True, role="report")  # DVCLive
-TRAIN_REPORT = Artifact("train_report", "{reports}/train.json", role="metrics")  # pipeline/train.py: TrainReport
+TRAIN_REPORT = Artifact("train_report", "{reports}/train.json", role="report")  # pipeline/train.py: TrainReport
 SAMPLES = Artifact("samples_md", "{reports}/samples.md", role="report")
 SUMMARY = Artifact("summary_md", "{reports}/summary.md", role="report")
-PLOTS = Artifact("plots_dir", "{reports}/plots", directory=True, role="report")     # pipeline/plots.py
-EVAL = Artifact("eval_report", "{reports}/eval.json", role="metrics")          # pipeline/evaluate.py
+PLOTS = Artifact("plots_dir", "{reports}/plots", directory=True, role="report", files=PLOT_FILES)  # pipeline/plots.py
+EVAL = Artifact("eval_report", "{reports}/eval.json", role="report")   # pipeline/evaluate.py
+METRICS = Artifact("metrics", "{reports}/metrics.json", role="metrics")   # pipeline/headline.py
 
 
 @dataclass(frozen=True)
@@ -156,12 +180,14 @@ STAGES: tuple[Stage, ...] = (
         # changes whenever they do.
         inputs=(MODEL, TOKENS, TOKENIZER, COST, TRAIN_REPORT, TRAIN_LIVE),
         params=("paths", "model.context", "train.device", "train.tokens_per_step", "evaluate"),
-        outputs=(SAMPLES, SUMMARY, PLOTS, EVAL),
+        outputs=(SAMPLES, SUMMARY, PLOTS, EVAL, METRICS),
         gpu=True,
     ),
 )
-# what a stage reads besides its declared inputs: checkpoints, which only train may own
-READS_UNDECLARED = {"evaluate": (CHECKPOINTS,)}
+# What a stage reads besides its declared inputs. evaluate: the checkpoints, which only train may
+# own. train: the cost report, for the budget it holds while it runs (pipeline/guard.py): a
+# finished run's outputs never depend on it, so a budget change must not retrain.
+READS_UNDECLARED = {"evaluate": (CHECKPOINTS,), "train": (COST,)}
 
 
 def by_name(name: str) -> Stage:

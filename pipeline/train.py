@@ -31,7 +31,10 @@ from accelerate.utils import broadcast_object_list
 from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
+from pipeline import calibration, hardware
 from pipeline import checkpoint as ckpt
+from pipeline.estimate import CostReport, tokens_to_train
+from pipeline.guard import BudgetGuard
 from pipeline.atomic import staging_dir
 from pipeline.batches import TrainWindows, stack_windows, val_starts
 from pipeline.errors import PipelineError
@@ -96,6 +99,7 @@ class TrainReport(Record):
     nonfinite_steps_skipped: int
     overflow_steps_skipped: int
     quarantined_checkpoints: list[str] = []
+    budget_guard: dict[str, Any] | None = None   # the last projection of the run's totals (pipeline/guard.py)
     checkpoints: dict[str, Any] | None
     params: dict[str, Any]
     versions: dict[str, str]
@@ -115,7 +119,9 @@ class TrainingDiverged(PipelineError):
 
 
 def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Path, train_live: Path,
-        checkpoints: Path, train_report: Path) -> TrainReport:
+        checkpoints: Path, train_report: Path, cost: Path) -> TrainReport:
+    """`cost` (the estimate's report) is read only to hold the budget while the run goes (see
+    pipeline/guard.py); none of the outputs depend on it."""
     tokens, tokenizer = Path(tokens), Path(tokenizer)
     manifest = load_manifest(tokens, tokenizer)
     tokenizer_files = _load_tokenizer(tokenizer, params)  # before any step: a missing one fails now
@@ -125,7 +131,8 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
     setup = setup_for(params, Path(plan), device, accelerator.num_processes, manifest.vocab_size)
     outputs = {"model": Path(model), "train_live": Path(train_live), "checkpoints": Path(checkpoints),
                "train_report": Path(train_report)}
-    trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs)
+    guard = BudgetGuard(CostReport.read_if_present(cost), params.cost.budget_tolerance, tokens_to_train(params))
+    trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs, guard)
     try:
         with _signals_caught() as caught:
             trainer.caught = caught
@@ -149,9 +156,9 @@ def _load_tokenizer(tokenizer_dir: Path, params: Params):
 
 class Trainer:
     def __init__(self, params: Params, setup: Setup, accelerator: Accelerator, manifest: TokenManifest,
-                 tokens: Path, tokenizer, outputs: dict[str, Path]):
+                 tokens: Path, tokenizer, outputs: dict[str, Path], guard: BudgetGuard):
         self.params, self.setup, self.acc, self.manifest = params, setup, accelerator, manifest
-        self.tokenizer, self.out = tokenizer, outputs
+        self.tokenizer, self.out, self.guard = tokenizer, outputs, guard
         self.cfg = params.train
         self.root = outputs["checkpoints"]
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
@@ -192,6 +199,8 @@ class Trainer:
         self.last_eval_step = -1
         self.last_ckpt_step = -1
         self.time_up = False
+        self.budget_stop = False
+        self.start_step = 0
         self.ran_precision: str | None = None
         self.resumed_from: str | None = None
         self.quarantined: list[str] = []
@@ -235,6 +244,8 @@ class Trainer:
                 # shipped after early stopping
                 if self.step % self.cfg.checkpoint_every == 0 or improved:
                     self._checkpoint()
+            if reason == "over_budget":
+                self._stopped_over_budget()
             if self.last_eval_step != self.step:
                 self._evaluate()
             if self.last_ckpt_step != self.step:
@@ -258,12 +269,13 @@ class Trainer:
             self._check_precision()
         signalled = float(bool(self.caught))
         over_time = float(bool(cfg.max_hours) and self.train_hours + self.meter.run_hours() >= cfg.max_hours)
-        agreed = self.acc.reduce(torch.stack([loss_sum / s.grad_accum_steps,
-                                              torch.tensor(signalled, device=self.acc.device),
-                                              torch.tensor(over_time, device=self.acc.device)]), "sum")
-        loss_value, signalled, over_time = agreed.tolist()
+        over_budget = float(self._budget_says_stop())
+        flags = [loss_sum / s.grad_accum_steps] + [torch.tensor(f, device=self.acc.device)
+                                                   for f in (signalled, over_time, over_budget)]
+        loss_value, signalled, over_time, over_budget = self.acc.reduce(torch.stack(flags), "sum").tolist()
         loss_value /= self.world
         self.time_up = over_time > 0
+        self.budget_stop = over_budget > 0  # every rank stops when one projects over budget
         if signalled and not self.caught:
             self.caught["signum"] = signal.SIGTERM  # another rank was signalled
 
@@ -337,7 +349,25 @@ class Trainer:
             return "early_stopping"
         if self.time_up:
             return "max_hours"
+        if self.budget_stop:
+            return "over_budget"
         return None
+
+    def _budget_says_stop(self) -> bool:
+        if not (self.guard.active and self.guard.due(self.step - self.start_step, self.meter.run_seconds())):
+            return False
+        projection = self.guard.project(self.step + 1, (self.step + 1) * self.cfg.tokens_per_step,
+                                        self.meter.tokens_per_second() or 0.0,
+                                        self.train_hours + self.meter.run_hours())
+        return bool(projection.over or projection.wall_clock_over)
+
+    def _stopped_over_budget(self) -> None:
+        self._checkpoint()
+        refusal = self.guard.refusal(self.guard.last, str(self.root / ckpt.dirname(self.step)))
+        if self.acc.is_main_process:
+            self._report("over_budget", stop_message=str(refusal)).write(self.out["train_report"])
+            self._learn()
+        raise refusal
 
     def _check_loss(self, loss: float) -> None:
         """A finite loss can still say the run diverged: far above a uniform guess, or a spike over
@@ -384,6 +414,8 @@ class Trainer:
     def _interrupted(self) -> None:
         signum = int(self.caught["signum"])
         self._checkpoint()
+        if self.acc.is_main_process:
+            self._learn()
         name = signal.Signals(signum).name
         raise TrainingInterrupted(f"{name}: stopped after step {self.step} and saved "
                                   f"{self.root / ckpt.dirname(self.step)}; rerun the same command to resume "
@@ -461,6 +493,7 @@ class Trainer:
         self.bad_evals = meta["bad_evals"]
         self.counts = meta["counts"]
         self.resumed_from = path.name
+        self.start_step = self.step
 
     def _differences(self, saved: dict[str, Any]) -> str:
         now = self._identity()
@@ -478,9 +511,19 @@ class Trainer:
                 self.raw.save_pretrained(stage, safe_serialization=True)
                 self.tokenizer.save_pretrained(stage)
             report.write(self.out["train_report"])
+            self._learn()
         self.acc.wait_for_everyone()
         self.log.done(reason + (f"; models/final holds {final}" if final else ""))
         return report
+
+    def _learn(self) -> None:
+        """Keep this run's measured MFU for the next estimate of the same shape on this machine."""
+        summary = self.meter.summary(self.ran_precision or self.setup.precision)
+        if summary["mfu"] and self.meter.step_seconds:
+            device = hardware.get_device(self.params.cost)
+            calibration.remember(calibration.key_for(device, self.params.model, self.vocab, self.setup),
+                                 mfu=summary["mfu"], wall_over_steps=self.meter.run_seconds() / self.meter.step_seconds,
+                                 tokens_per_second=summary["tokens_per_second"], step_seconds=self.meter.step_seconds)
 
     def _final_weights(self, reason: str) -> str | None:
         """After early stopping the run's best checkpoint is shipped, not the weights that stopped
@@ -507,6 +550,7 @@ class Trainer:
                   "min": min(losses) if losses else None, "val": self.history["val"],
                   "best_val": _json_float(self.best_val)},
             **self.counts, quarantined_checkpoints=self.quarantined,
+            budget_guard=self.guard.last.as_dict() if self.guard.last else None,
             checkpoints=ckpt.read_index(self.root),
             **record({"model": self.params.section("model"), "train": self.params.section("train")}),
         )

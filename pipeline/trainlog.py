@@ -48,8 +48,11 @@ class Meter:
         yield
         self.seconds[kind] += time.perf_counter() - t
 
+    def run_seconds(self) -> float:
+        return time.perf_counter() - self.started
+
     def run_hours(self) -> float:
-        return (time.perf_counter() - self.started) / 3600
+        return self.run_seconds() / 3600
 
     def tokens_per_second(self) -> float | None:
         return self.tokens / self.step_seconds if self.step_seconds else None

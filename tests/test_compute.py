@@ -19,8 +19,13 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPT2LMHeadModel
 
-from pipeline import compute
+from pathlib import Path
+
+from pipeline import compute, params as params_module
+from pipeline.step import TrainStep, optimizer_for
 from pipeline.model import build_model, count_parameters, gpt2_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FLOP_TOLERANCE = 0.0025   # FIELD-NOTES: nanoGPT's 6N + attention is within 0.25% of the counter for GPT-2 small
 MEMORY_TOLERANCE = 0.03   # measured: within 1.6% over 56 configurations (2-3 layers, 64-128 wide)
@@ -69,37 +74,26 @@ def test_flops_per_token_matches_flop_counter(model, vocab):
 
 
 def tracked_peak(net, model, vocab, micro_batch, precision, checkpointing):
-    """Peak bytes MemTracker sees over what pipeline/train.py does per optimizer step."""
+    """Peak bytes MemTracker sees over the train stage's own step (pipeline/step.py), two
+    micro-batches of accumulation and the optimizer update."""
     net.train()
     if checkpointing:
         net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
+    train = params_module.load([ROOT / "params.yaml"]).train
+    step = TrainStep(net, optimizer_for(net, train), precision=precision, device="cpu", grad_clip=train.grad_clip)
     ids = torch.randint(0, vocab, (micro_batch, model.context))
 
-    def micro_step():
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            logits = net(input_ids=ids).logits
-            loss = F.cross_entropy(logits.flatten(0, 1), ids.flatten())
-        scaler.scale(loss / 2).backward()
-
-    def optimizer_step():
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    micro_step()
-    optimizer_step()  # AdamW states exist from here on, as in every step but the first
+    step.micro(ids, ids, accum=2)
+    step.update()  # AdamW states exist from here on, as in every step but the first
     tracker = MemTracker()
-    tracker.track_external(net, optimizer, ids)
+    tracker.track_external(net, step.optimizer, ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with tracker:
             for _ in range(2):  # gradients from the first micro-batch are alive in the second
-                micro_step()
+                step.micro(ids, ids, accum=2)
                 tracker.reset_mod_stats()
-            optimizer_step()
+            step.update()
     return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
 

@@ -1,0 +1,69 @@
+"""The budget held while train runs: a run whose measured rate heads over budget stops with exit
+3, a checkpoint and the projection; with the budget raised it resumes and finishes."""
+from __future__ import annotations
+
+import json
+import sys
+
+from pipeline.estimate import CostReport
+from pipeline.guard import GUARD_FIRST_STEPS, BudgetGuard
+from trainkit import DEMO_FILES, report, run_cli, tiny_sets
+
+import recordkit
+
+
+def stage(name: str, demo_tokens, base, *overrides: str):
+    args = [sys.executable, "-m", "pipeline", name]
+    for f in DEMO_FILES:
+        args += ["--params", str(f)]
+    for item in tiny_sets(demo_tokens, base, *overrides):
+        args += ["--set", item]
+    return run_cli(args)
+
+
+def test_a_run_heading_over_budget_stops_then_resumes_when_the_budget_is_raised(demo_tokens, tmp_path):
+    # an optimistic MFU lets the gate pass a budget of a fraction of a second; the real rate cannot
+    run = ("train.max_steps=300", "train.eval_every=150", "train.checkpoint_every=150", "cost.mfu=0.99",
+           "cost.pricing=owned")
+    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_hours=0.001").returncode == 0
+    stopped = stage("train", demo_tokens, tmp_path, *run, "cost.budget_hours=0.001")
+    assert stopped.returncode == 3, stopped.stderr
+    message = stopped.stderr.strip().splitlines()[-1]
+    assert "heads over budget" in message and "projected > cost.budget_hours" in message
+    assert "train.max_tokens:" in message and "cost.override_budget" in message and "Saved " in message
+    first = report(tmp_path)
+    assert first["stop_reason"] == "over_budget" and first["steps"] >= GUARD_FIRST_STEPS
+    assert first["budget_guard"]["projected"]["hours"] > 0.001 * 1.1
+    assert (tmp_path / "checkpoints" / f"step-{first['steps']:06d}").is_dir()
+    assert not (tmp_path / "model").exists()
+
+    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_hours=1").returncode == 0
+    done = stage("train", demo_tokens, tmp_path, *run, "cost.budget_hours=1")
+    assert done.returncode == 0, done.stderr
+    final = report(tmp_path)
+    assert final["resumed_from"] == f"step-{first['steps']:06d}" and final["steps"] == 300
+    assert final["wall_hours"] > first["wall_hours"]  # what was spent before the stop counts
+    assert final["budget_guard"]["spent_hours"] >= first["wall_hours"]
+
+
+def test_override_budget_lets_the_run_go(demo_tokens, tmp_path):
+    run = ("train.max_steps=12", "cost.mfu=0.99", "cost.pricing=owned", "cost.budget_hours=0.00001",
+           "cost.override_budget=true")
+    assert stage("estimate", demo_tokens, tmp_path, *run).returncode == 0
+    done = stage("train", demo_tokens, tmp_path, *run)
+    assert done.returncode == 0, done.stderr
+    assert report(tmp_path)["stop_reason"] == "max_steps"
+
+
+def test_projection_counts_spent_hours_the_tolerance_and_the_estimates_rates(tmp_path):
+    cost = recordkit.cost(tmp_path / "cost.json", hours=2.0, step_hours=1.6, usd=4.0, kwh=1.0, tokens=1000,
+                          tokens_per_step=10, budget={"usd": 10.0, "hours": None, "kwh": None})
+    guard = BudgetGuard(CostReport.read(tmp_path / "cost.json"), tolerance=0.1, tokens_planned=1000)
+    assert guard.active and not guard.due(GUARD_FIRST_STEPS - 1, 1.0) and guard.due(GUARD_FIRST_STEPS, 1.0)
+    # 500 tokens to go at 0.1 token/s: 5000 s of steps, x 2.0/1.6 for validation = 1.736 h, plus 3 h spent
+    p = guard.project(step=50, tokens_done=500, step_rate=0.1, spent_hours=3.0)
+    assert abs(p.projected["hours"] - (3.0 + 5000 / 3600 * 2.0 / 1.6)) < 1e-9
+    assert abs(p.projected["usd"] - p.projected["hours"] * 2.0) < 1e-9  # the estimate's $/h
+    assert p.over == [] and p.projected["usd"] < 10.0 * 1.1
+    assert guard.project(step=50, tokens_done=500, step_rate=0.05, spent_hours=3.0).over == ["usd"]
+    assert cost.tokens == 1000 and json.loads((tmp_path / "cost.json").read_text())["format"] == 1
