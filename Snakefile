@@ -24,6 +24,7 @@ triggers then do the rest (README: "Only what changed reruns"):
 - the estimate report (reports/cost.md) is declared as a log: Snakemake deletes a failed job's
   outputs but never its logs, so the budget gate's refusal stays readable.
 """
+import json
 import os
 import re
 import sys
@@ -79,18 +80,24 @@ VALUES_FILE = "logs/params/{stage}.yaml"
 
 
 def stage_values(stage):
-    """The keys the stage reads with their values, as a params overlay (YAML)."""
+    """Every value the stage reads, one "dotted.key: JSON" line each: the `params` of its
+    STAGE_params rule, so that Snakemake's rerun reason names the keys that changed."""
+    flat = params_module.flatten(params_of(stage, PARAMS))
+    return [f"{key}: {json.dumps(value, sort_keys=True, ensure_ascii=False)}" for key, value in flat.items()]
+
+
+def write_values(path, lines, log):
+    """The stage's params overlay (YAML), from stage_values' lines."""
     overlay = {}
-    for key, value in params_of(stage, PARAMS).items():
+    for line in lines:
+        key, _, value = line.partition(": ")
         *parents, leaf = key.split(".")
         node = overlay
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = value
-    return yaml.safe_dump(overlay, sort_keys=True, allow_unicode=True)
-
-
-VALUES = {stage.name: stage_values(stage) for stage in STAGES}
+        node[leaf] = json.loads(value)
+    Path(path).write_text(yaml.safe_dump(overlay, sort_keys=True, allow_unicode=True), encoding="utf-8")
+    Path(log).write_text(f"{path}: the {len(lines)} values its stage reads\n", encoding="utf-8")
 
 
 def corpus_files():
@@ -168,19 +175,22 @@ rule all:
     default_target: True
 
 
-rule stage_params:
-    output:
-        VALUES_FILE,
-    params:
-        # the rerun trigger: a value the stage reads changed (README: Only what changed reruns)
-        values=lambda wildcards: VALUES[wildcards.stage],
-    wildcard_constraints:
-        stage="|".join(VALUES),
-    log:
-        "logs/params/{stage}.log",
-    localrule: True
-    run:
-        Path(output[0]).write_text(params.values, encoding="utf-8")
+for stage in STAGES:
+
+    # Writes logs/params/STAGE.yaml, and reruns (the params trigger) exactly when a value the
+    # stage reads changed, wherever it was set: so does the stage, whose input it is.
+    rule:
+        name:
+            f"{stage.name}_params"
+        output:
+            VALUES_FILE.format(stage=stage.name),
+        params:
+            *stage_values(stage),
+        log:
+            f"logs/params/{stage.name}.log",
+        localrule: True
+        run:
+            write_values(output[0], params, log[0])
 
 
 for stage in STAGES:

@@ -23,7 +23,7 @@ from pipeline.params import Params
 
 DEFAULT_SIZE_MB = 4.0
 SEED = 20241124
-# Share of the corpus bytes per language: Azerbaijani first, as the seeds' corpus is.
+# Share of the corpus bytes per language: Azerbaijani first, the language the project was made for.
 SHARES = {"az": 0.40, "en": 0.25, "tr": 0.20, "ru": 0.15}
 
 # --- shared facts --------------------------------------------------------------------------------

@@ -287,7 +287,8 @@ def _disk(report: Report, params: Params, vocab: int) -> None:
     margin = checkpoint.SPACE_MARGIN_BYTES + int(each * checkpoint.SPACE_MARGIN_FRACTION)  # as save() asks
     more = max(0, needed - held) + margin
     free = checkpoint.free_bytes(root)
-    report.add("disk", f"paths.checkpoints {root} ({_nearest_existing(root)}): {checkpoint.human_bytes(free)} free; "
+    report.add("disk", f"paths.checkpoints {root}, on the disk holding {_nearest_existing(root)}: "
+                       f"{checkpoint.human_bytes(free)} free; "
                        f"the kept checkpoints need about {checkpoint.human_bytes(needed)}: train.keep_last "
                        f"{params.train.keep_last} + 1 best + 1 being written, {checkpoint.human_bytes(each)} each "
                        "(fp32 weights + AdamW's two fp32 states)"

@@ -310,7 +310,7 @@ def evaluate_checkpoints(ckpt_dir: Path, entries: list[dict[str, Any]], device: 
     for entry in entries:
         path = ckpt_dir / entry["dir"]
         if not path.is_dir():
-            raise PipelineError(f"{ckpt_dir / 'manifest.json'} lists {entry['dir']} but {path} is missing: "
+            raise PipelineError(f"{ckpt_dir / checkpoint.MANIFEST} lists {entry['dir']} but {path} is missing: "
                                 "rerun the train stage, or set evaluate.checkpoints=none")
         try:
             checkpoint.verify(path)

@@ -70,16 +70,25 @@ class Tokenizer(Section):
 
 
 class Model(Section):
+    # The defaults below are GPT-2's, for code that builds a Model directly; params.yaml sets each.
+    architecture: Literal["gpt2", "qwen3"] = "gpt2"
     n_layer: Int = Positive
     n_embd: Int = Positive
     n_head: Int = Positive
     context: Int = Field(ge=2)
     dropout: Float = Field(ge=0, lt=1)
+    tie_embeddings: bool = True
+    mlp_activation: Literal["auto", "gelu_pytorch_tanh", "silu", "relu2"] = "auto"
+    mlp_width: OptionalInt = Field(default=None, gt=0)
+    rope_theta: Float = Field(default=10000.0, gt=0)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Model:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.architecture == "qwen3" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"qwen3 rotates pairs of each head's dimensions: n_embd / n_head "
+                             f"({self.n_embd // self.n_head}) must be even")
         return self
 
 
@@ -115,8 +124,12 @@ class Train(Section):
     compile: bool
     device: Literal["auto", "cpu", "cuda"]
     seed: Int
+    optimizer: Literal["adamw", "muon"] = "adamw"
     lr: Float = Positive
     min_lr: Float = NonNegative
+    muon_lr: Float = Field(default=0.02, gt=0)
+    muon_momentum: Float = Field(default=0.95, ge=0, lt=1)
+    muon_weight_decay: Float = Field(default=0.01, ge=0)
     warmup_steps: Int = NonNegative
     weight_decay: Float = NonNegative
     beta1: Float = Field(ge=0, lt=1)

@@ -58,7 +58,7 @@ def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None
         "planned_tokens": planned,
         "trained_tokens": trained,
         "estimate_scale": scale,
-        "kwh_source": f"measured ({train.get('kwh_source') or 'train.json'})" if kwh_measured is not None else
+        "kwh_source": f"measured ({train.get('kwh_source') or train_path})" if kwh_measured is not None else
                       "derived: the estimate's average power (kWh/h, PUE included) x measured hours",
         "peak_memory_kind": train.get("peak_memory_kind"),
         "usd_source": usd_basis,
@@ -129,7 +129,7 @@ def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: di
                f"val tokens ({_int(manifest.get('val_bytes'))} bytes, "
                f"{_num(manifest.get('bytes_per_token'))} bytes/token).")
     out.append(f"- **Training**: {_training_line(train, files['train'])}")
-    out += ["", *_quality(result), "", *_checkpoints(result), "", *_samples(samples), "",
+    out += ["", *_quality(result), "", *_checkpoints(result), "", *_samples(samples, files["samples"]), "",
             *_cost(result["estimate_vs_actual"]), "", *_files(model_dir, ckpt_dir, files), ""]
     return "\n".join(out)
 
@@ -189,8 +189,8 @@ def _checkpoints(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def _samples(samples: list[dict[str, Any]]) -> list[str]:
-    out = ["## Samples (excerpt; all in reports/samples.md)", ""]
+def _samples(samples: list[dict[str, Any]], samples_path: Path) -> list[str]:
+    out = [f"## Samples (excerpt; all in {samples_path})", ""]
     for s in samples[:3]:
         text = " ".join(f"[{s['prompt']}]{s['completion']}".split())
         out.append(f"> {_escape(text[:200])}{'…' if len(text) > 200 else ''}")

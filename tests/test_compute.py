@@ -27,7 +27,7 @@ from pipeline.model import build_model, count_parameters, gpt2_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FLOP_TOLERANCE = 0.0025   # FIELD-NOTES: nanoGPT's 6N + attention is within 0.25% of the counter for GPT-2 small
+FLOP_TOLERANCE = 0.0025   # nanoGPT's 6N + attention is within 0.25% of the counter for GPT-2 small
 MEMORY_TOLERANCE = 0.03   # measured: within 1.6% over 56 configurations (2-3 layers, 64-128 wide)
 
 

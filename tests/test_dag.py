@@ -117,3 +117,10 @@ def test_snakemake_lint_is_clean():
     result = subprocess.run([BIN / "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr or not result.stdout.strip()
+
+
+def test_code_deps_refuse_a_misspelled_stage():
+    from pipeline.stages import code_deps
+
+    with pytest.raises(ValueError, match="no module pipeline/trian.py"):
+        code_deps("trian")

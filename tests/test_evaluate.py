@@ -256,10 +256,10 @@ def test_estimate_against_actual(evaluated):
 
 
 def test_estimate_against_actual_owned_hardware_with_measured_energy(world):
-    params = make_params(world)
+    # the pricing is the estimate's own (its report), never read from params: evaluate does not declare cost.*
     cost = {"hours": 1.0, "usd": 0.3, "kwh": 2.0, "co2_kg": 0.8, "tokens": 100, "pricing": "owned"}
     train = {"tokens": 100, "wall_hours": 2.0, "kwh": 3.0}
-    q = report.estimate_vs_actual(cost, train, Path("r"), params)["quantities"]
+    q = report.estimate_vs_actual(cost, train, Path("cost.json"), Path("train.json"))["quantities"]
     assert q["kwh"] == {"estimate": 2.0, "actual": 3.0, "error_pct": pytest.approx(50.0)}
     assert q["usd"]["actual"] == pytest.approx(3.0 * 0.15)  # measured kWh x the estimate's $/kWh
     assert q["co2_kg"]["actual"] == pytest.approx(1.2)
@@ -384,6 +384,17 @@ def test_val_file_not_matching_the_manifest(copy):
 
 def test_prompt_that_encodes_to_nothing(copy):
     _fails(copy, r"evaluate.prompts\[1\] \(''\) encodes to no tokens", 'evaluate.prompts=["Bakı", ""]')
+
+
+def test_a_prompt_longer_than_the_context_is_cut_from_the_left(world):
+    net = evaluate.load_model(world / "models/final", torch.device("cpu"))
+    tok = evaluate.load_tokenizer(world / "models/final")
+    params = make_params(world)
+    prompt = " ".join(PROMPTS * 40)
+    ids = evaluate.encode_prompts(tok, [prompt])
+    assert len(ids[0]) > evaluate._positions(net)
+    samples = evaluate.generate_samples(net, tok, [prompt], ids, 0, params.evaluate, torch.device("cpu"))
+    assert samples[0]["new_tokens"] > 0
 
 
 def test_context_longer_than_the_model(copy):

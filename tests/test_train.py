@@ -22,21 +22,6 @@ from pipeline.tokens import read_tokens
 from trainkit import ROOT, cli, env, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
 
 
-def test_windows_cover_an_epoch_once_and_do_not_depend_on_the_layout(demo_tokens):
-    path = demo_tokens.params.paths.tokens / "train.bin"
-    windows = TrainWindows(path, context=1024, seqs_per_step=24, seed=5)
-    per_epoch = -(-windows.windows // 24)  # steps that cover one epoch
-    starts = np.concatenate([windows.starts(s, 0, 24) for s in range(per_epoch)])[:windows.windows]
-    assert sorted(starts) == list(np.arange(windows.windows) * 1024)  # every window once, none twice
-    one = np.concatenate([windows.batch(3, m, 0, 1, 4)[0] for m in range(6)])
-    two = np.concatenate([windows.batch(3, m, r, 2, 3)[0] for m in range(4) for r in range(2)])
-    assert sorted(map(tuple, one.tolist())) == sorted(map(tuple, two.tolist()))
-    x, y = windows.batch(3, 0, 0, 1, 4)
-    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one token
-    other = TrainWindows(path, context=1024, seqs_per_step=24, seed=6)
-    assert not np.array_equal(other.starts(0, 0, 24), windows.starts(0, 0, 24))
-
-
 def test_learns_well_below_the_unigram_entropy_and_writes_every_output(demo_tokens, tmp_path):
     params = tiny_params(demo_tokens, tmp_path, "train.max_steps=100", "train.eval_every=50",
                          "train.checkpoint_every=20", "train.keep_last=2")
@@ -281,3 +266,13 @@ def test_a_second_train_on_the_same_checkpoints_exits_2_naming_the_holder(demo_t
         first.terminate()
         first.communicate(timeout=120)
     assert first.returncode == 143  # SIGTERM: checkpointed and stopped, as documented
+
+
+def test_early_stopping_does_not_depend_on_how_often_checkpoints_are_written(demo_tokens, tmp_path):
+    runs = {}
+    for every in (1, 1000):
+        result = run_stage("train", tiny_params(demo_tokens, tmp_path / str(every), "train.lr=1e-9", "train.min_lr=0",
+                                                "train.max_steps=50", "train.eval_every=3", "train.patience=2",
+                                                "train.min_delta=0.01", f"train.checkpoint_every={every}")).as_dict()
+        runs[every] = (result["stop_reason"], result["steps"], [e["step"] for e in result["loss"]["val"]])
+    assert runs[1] == runs[1000] == ("early_stopping", 9, [3, 6, 9])

@@ -1,0 +1,61 @@
+"""The plan as train runs it: made for this kind of device, agreeing with params, or planned here
+by the same planner; the precision rules."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline import hardware, params as params_module
+from pipeline.errors import PipelineError
+from pipeline.plan import Plan, native_precision, plan_for, setup_for
+from trainkit import ROOT
+
+
+def params(*overrides):
+    return params_module.load([ROOT / "params.yaml", ROOT / "params" / "demo.yaml"], list(overrides))
+
+
+def write_plan(path, **changes):
+    fields = {"device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 8, "grad_accum_steps": 2,
+              "precision": "fp32", "activation_checkpointing": False, "tokens_per_step": 4096} | changes
+    Plan.make(**fields).write(path)
+    return path
+
+
+def test_precision_rules_follow_the_catalog():
+    devices = hardware.catalog()
+    assert native_precision(devices["t4-16gb"]) == "fp16"          # Turing: no native bf16
+    assert native_precision(devices["rtx2050-laptop-4gb"]) == "bf16"
+    assert native_precision(devices["cpu"]) == ("bf16" if devices["cpu"].bf16_native else "fp32")
+    with pytest.raises(PipelineError, match="bf16 on t4-16gb: it has no native bf16"):
+        plan_for(params("cost.hardware=t4-16gb", "train.device=auto", "train.precision=bf16"), devices["t4-16gb"], 4096)
+
+
+def test_a_plan_for_another_kind_of_device_is_refused(tmp_path):
+    plan = write_plan(tmp_path / "plan.json", device="t4-16gb", device_kind="cuda", precision="fp16")
+    with pytest.raises(PipelineError, match=r"plans for cost.hardware t4-16gb \(a cuda device\) but this run is on cpu"):
+        setup_for(params(), plan, "cpu", 1, 4096)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("train.micro_batch_size=4", r"is stale \(train.micro_batch_size is 4, the plan has 8\)"),
+    ("train.tokens_per_step=8192", r"lays out 8 x 2 sequences .* rerun the estimate stage"),
+])
+def test_a_plan_that_disagrees_with_params_is_stale(tmp_path, override, says):
+    plan = write_plan(tmp_path / "plan.json")
+    with pytest.raises(PipelineError, match=says):
+        setup_for(params(override), plan, "cpu", 1, 4096)
+
+
+def test_a_plan_for_other_process_counts_is_refused(tmp_path):
+    plan = write_plan(tmp_path / "plan.json")
+    with pytest.raises(PipelineError, match=r"plans for 1 device\(s\) .* this run has 2 process\(es\)"):
+        setup_for(params(), plan, "cpu", 2, 4096)
+
+
+def test_without_a_plan_train_plans_with_the_same_planner(tmp_path, capsys):
+    p = params()
+    setup = setup_for(p, tmp_path / "absent.json", "cpu", 1, 4096)
+    expected = plan_for(p, hardware.get_device(p.cost), 4096).plan
+    assert (setup.micro_batch_size, setup.grad_accum_steps, setup.precision) == \
+        (expected.micro_batch_size, expected.grad_accum_steps, expected.precision)
+    assert "planned here" in capsys.readouterr().out
