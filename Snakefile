@@ -148,16 +148,16 @@ def inputs(stage):
     return files
 
 
-def outputs(stage):
+def declared_outputs(stage):
     """Its outputs, bar resume state (Snakemake would delete it before a rerun and after a failed
-    job) and what must outlive a failure (a log). A directory is declared by its files."""
-    files = {}
-    for artifact in stage.outputs:
-        if artifact.role == "persistent" or artifact.kept_on_failure:
-            continue
-        declared = artifact.paths(PATHS)
-        files[artifact.name] = declared if artifact.files or not artifact.directory else directory(declared[0])
-    return files
+    job) and what must outlive a failure (a log)."""
+    return [a for a in stage.outputs if a.role != "persistent" and not a.kept_on_failure]
+
+
+def outputs(stage):
+    """A directory is declared by its files where the registry names them (no marker file)."""
+    return {a.name: a.paths(PATHS) if a.files or not a.directory else directory(a.paths(PATHS)[0])
+            for a in declared_outputs(stage)}
 
 
 def logs(stage):
@@ -170,8 +170,8 @@ COMMAND = "python -m pipeline {params.stage} --params params.yaml --params {inpu
 
 rule all:
     input:
-        # the headline metrics and the summary of the last stage
-        [p for a in STAGES[-1].outputs if a.role == "metrics" or a.name == "summary_md" for p in a.paths(PATHS)],
+        # every stage's outputs: the model too, which no stage reads as a declared input
+        [p for stage in STAGES for a in declared_outputs(stage) for p in a.paths(PATHS)],
     default_target: True
 
 

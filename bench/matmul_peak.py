@@ -5,11 +5,12 @@
 
 The peaks are measured as the `cpu` catalog entry measures them (pipeline.cpuinfo, on the cores
 this process may use), but never cached: `python -m pipeline.cpuinfo --refresh` renews the entry's.
---size times that one size instead of choosing one. --mfu then times fp32 optimizer steps of
-params/demo.yaml's model (GPT2LMHeadModel, fused AdamW, 16 sequences of 256 tokens: its
-train.tokens_per_step) and divides the model FLOP/s (pipeline.compute.flops_per_token) by the fp32
-peak: the ratio that is the cpu entry's mfu_default. Run it on a quiet machine: other processes on
-the same cores lower both numbers, and not always alike.
+--size times that one size instead of choosing one. --mfu then times optimizer steps of
+params/demo.yaml's model with the train stage's own step (pipeline/step.py: GPT2LMHeadModel,
+fused AdamW, 16 sequences of 256 tokens: its train.tokens_per_step), in fp32 and, where the CPU
+has it natively, bf16, and divides the model FLOP/s (pipeline.compute.flops_per_token) by that
+precision's peak: the ratio that is the cpu entry's mfu_default. Run it on a quiet machine: other
+processes on the same cores lower both numbers, and not always alike.
 """
 from __future__ import annotations
 
@@ -19,41 +20,42 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from pipeline import compute, cpuinfo, params as params_module
 from pipeline.model import build_model
+from pipeline.step import TrainStep, optimizer_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
 WARMUP_STEPS = 2
 
 
-def step_seconds(params: params_module.Params, steps: int) -> tuple[float, float]:
-    """(median, fastest) seconds of `steps` fp32 training steps of the model, after a warm-up."""
+def step_seconds(params: params_module.Params, steps: int, precision: str) -> tuple[float, float]:
+    """(median, fastest) seconds of `steps` training steps of the model, after a warm-up."""
     vocab, context = params.tokenizer.vocab_size, params.model.context
     model = build_model(params.model, vocab, eos_token_id=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr, fused=True)
+    step = TrainStep(model, optimizer_for(model, params.train), precision=precision, device="cpu",
+                     grad_clip=params.train.grad_clip)
     ids = torch.randint(0, vocab, (params.train.tokens_per_step // context, context + 1))  # speed ignores content
     times = []
     for _ in range(WARMUP_STEPS + steps):
         start = time.perf_counter()
-        logits = model(input_ids=ids[:, :-1]).logits
-        F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step.micro(ids[:, :-1], ids[:, 1:], accum=1).item()
+        step.update()
         times.append(time.perf_counter() - start)
     return statistics.median(times[WARMUP_STEPS:]), min(times[WARMUP_STEPS:])
 
 
-def report_mfu(steps: int, fp32_peak: float) -> None:
+def report_mfu(steps: int, peaks: dict[str, float], precisions: list[str]) -> None:
     params = params_module.load(DEMO_PARAMS)
     tokens = params.train.tokens_per_step
     flops = compute.flops_per_token(params.model, params.tokenizer.vocab_size) * tokens
-    median, fastest = step_seconds(params, steps)
-    for name, seconds in (("median", median), ("fastest", fastest)):
-        print(f"demo model, {name} of {steps} steps: {seconds * 1e3:,.0f} ms = {tokens / seconds:,.0f} tokens/s "
-              f"= {flops / seconds / 1e9:,.1f} GFLOP/s, MFU {flops / seconds / fp32_peak:.3f} of the fp32 peak")
+    for precision in precisions:
+        median, fastest = step_seconds(params, steps, precision)
+        for name, seconds in (("median", median), ("fastest", fastest)):
+            print(f"demo model {precision}, {name} of {steps} steps: {seconds * 1e3:,.0f} ms = "
+                  f"{tokens / seconds:,.0f} tokens/s = {flops / seconds / 1e9:,.1f} GFLOP/s, MFU "
+                  f"{compute.mfu(tokens / seconds, flops / tokens, peaks[precision]):.3f} of the {precision} peak")
 
 
 def main() -> None:
@@ -71,7 +73,8 @@ def main() -> None:
     for name, run in peaks.items():
         print(f"{name}: {run['flops'] / 1e9:,.1f} GFLOP/s ({run['size']}x{run['size']}, of sizes {run['sizes']})")
     if args.mfu:
-        report_mfu(args.steps, peaks["fp32"]["flops"])
+        native = ["fp32"] + (["bf16"] if host["bf16_native"] else [])
+        report_mfu(args.steps, {p: run["flops"] for p, run in peaks.items()}, native)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipeline.errors import PipelineError
@@ -41,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The runtime never reaches a network: every load names local files (local_files_only=True), and
+# these make any library call that would still try fail at once instead of waiting on a timeout.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "DVC_NO_ANALYTICS": "1", "DVCLIVE_OPEN": "false"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    for key, value in OFFLINE.items():
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         from pipeline import params as params_module

@@ -251,10 +251,12 @@ def _mfu(params: Params, device: Device, fit: Fit, manifest: TokenManifest) -> t
 
 
 def _catalog_mfu(device: Device, plan: Plan) -> tuple[float, str]:
-    source = f"catalog default for {device.name}: {device.sources.get('mfu_default', '')}"
+    key = "mfu_by_precision" if plan.precision in device.mfu_by_precision else "mfu_default"
+    source = f"catalog default for {device.name} in {plan.precision}: {device.sources.get(key, '')}"
     if plan.activation_checkpointing:
-        return device.mfu_default / RECOMPUTE_FACTOR, source + f" (/ {RECOMPUTE_FACTOR:.3g}: checkpointing recomputes)"
-    return device.mfu_default, source
+        return (device.mfu(plan.precision) / RECOMPUTE_FACTOR,
+                source + f" (/ {RECOMPUTE_FACTOR:.3g}: checkpointing recomputes)")
+    return device.mfu(plan.precision), source
 
 
 def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_id: int) -> tuple[float, str]:

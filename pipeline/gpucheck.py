@@ -57,7 +57,6 @@ ACCUM = 2                     # micro-batches per optimizer step: gradients stay
 MICRO_TOKENS = {"cuda": 8192, "cpu": 1024}   # micro-batch cap: memory and speed, not a full step
 PLAN_DEVICES = ("rtx2050-laptop-4gb", "t4-16gb")
 PLAN_STEPS = 20
-RECOMPUTE_FACTOR = 4 / 3      # as pipeline/estimate.py: checkpointing recomputes ~2N of the 6N FLOPs
 SDPA_OPS = {                  # aten ops of torch.nn.functional.scaled_dot_product_attention's backends
     "_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
     "_scaled_dot_product_flash_attention": "flash",
@@ -418,23 +417,28 @@ def _with_layout(params: Params, precision: str, checkpointing: bool) -> Params:
 def _predict(config: Config, params: Params, machine: Machine) -> bool:
     """Fill the micro-batch and the predictions; False when the planner says it cannot fit."""
     from pipeline import compute
-    from pipeline.model import gpt2_config
-    from pipeline.plan import fit_error, plan_for
+    from pipeline.plan import divisors, fit_error, plan_for, sequences_per_device
 
     vocab, device = params.tokenizer.vocab_size, machine.device
-    fit = plan_for(_with_layout(params, config.precision, config.checkpointing), device, vocab)
-    if not fit.fits:
-        config.status, config.note = "skipped", fit_error(fit, device, params)
+    layout = _with_layout(params, config.precision, config.checkpointing)
+    largest = plan_for(layout, device, vocab)
+    if not largest.fits:
+        config.status, config.note = "skipped", fit_error(largest, device, params)
         return False
-    config.micro_batch = max(1, min(fit.plan.micro_batch_size, MICRO_TOKENS[machine.kind] // params.model.context))
-    memory = compute.training_memory(params.model, vocab, config.micro_batch, config.precision, config.checkpointing,
-                                     activation=gpt2_config(params.model, vocab, 0).activation_function,
-                                     device_kind=machine.kind, runtime_bytes=device.runtime_overhead_bytes)
+    # a smaller micro-batch than the plan's keeps the check quick; one that divides the step's
+    # sequences lets the planner itself price it (its memory model, whatever the architecture)
+    cap = min(largest.plan.micro_batch_size, max(1, MICRO_TOKENS[machine.kind] // params.model.context))
+    config.micro_batch = max(d for d in divisors(sequences_per_device(layout, 1)) if d <= cap)
+    fixed = layout.model_copy(update={"train": layout.train.model_copy(update={"micro_batch_size": config.micro_batch})})
+    memory = plan_for(fixed, device, vocab).memory
     config.predicted, config.predicted_total_bytes = memory.as_dict(), memory.total
     config.predicted_tensor_bytes = memory.total - memory.runtime
+    from pipeline.estimate import RECOMPUTE_FACTOR
+
     recompute = RECOMPUTE_FACTOR if config.checkpointing else 1.0
     flops = compute.flops_per_token(params.model, vocab) * _tokens(config, params) * recompute
-    config.predicted_step_s = flops / (machine.peak_flops[config.precision] * machine.mfu)
+    mfu = machine.device.mfu(config.precision) if machine.catalog_entry else machine.mfu
+    config.predicted_step_s = flops / (machine.peak_flops[config.precision] * mfu)
     return True
 
 

@@ -51,6 +51,9 @@ class _Spec(BaseModel):
     usd_per_hour_spot: float | None = Field(gt=0)
     colab_units_per_hour: float | None = Field(gt=0)
     mfu_default: float = Field(gt=0, le=1)
+    # where a precision reaches another share of its own peak (a CPU's AMX bf16 matmuls are ~6x its
+    # fp32 ones, the rest of the step is not)
+    mfu_by_precision: dict[Literal["fp32", "fp16", "bf16"], float] = {}
     runtime_overhead_gib: float = Field(ge=0)
     sources: dict[str, str]
 
@@ -78,6 +81,11 @@ class Device:
     runtime_overhead_bytes: int       # CUDA context + library workspaces, or process footprint
     sources: dict[str, str] = field(default_factory=dict)
     detected: dict[str, Any] | None = None  # pipeline.cpuinfo.profile() where the entry was detected
+    mfu_by_precision: dict[str, float] = field(default_factory=dict)
+
+    def mfu(self, precision: str) -> float:
+        """The catalog's assumed MFU of a run in `precision` (model FLOPs over that precision's peak)."""
+        return self.mfu_by_precision.get(precision, self.mfu_default)
 
     def usd_per_hour(self, pricing: str) -> float | None:
         """The catalog price for on_demand / spot / colab; None where not rented that way."""
@@ -193,6 +201,7 @@ def _device(name: str, spec: _Spec, colab: _Colab, detected: dict[str, Any] | No
         usd_per_hour_spot=spec.usd_per_hour_spot,
         usd_per_hour_colab=colab_usd,
         mfu_default=spec.mfu_default,
+        mfu_by_precision=dict(spec.mfu_by_precision),
         runtime_overhead_bytes=int(spec.runtime_overhead_gib * GIB),
         sources=sources,
         detected=detected,

@@ -1,13 +1,13 @@
 """The headline numbers of a run, reports/metrics.json: what `dvc exp show` and `dvc metrics diff`
 compare across experiments.
 
-    {"val_loss": 5.91, "perplexity": 368.2, "bits_per_byte": 4.29,
-     "hours": 0.00016, "usd": 7.3e-07, "hours_error_pct": 12.5, "usd_error_pct": 12.5}
+    {"val_loss": 5.94, "bits_per_byte": 4.31, "hours": 11.6, "usd": 4.06, "hours_error_pct": 8.2}
 
-Written by the evaluate stage from its result (the same numbers as reports/eval.json, which keeps
-everything else: per-checkpoint scores, the estimate against actual table with its notes, the
-provenance). Flat, numbers only and small, so that each value is one short column: a quantity
-that was not measured is left out rather than written as null.
+Written by the evaluate stage from its result; reports/eval.json keeps everything else (perplexity,
+which is exp(val_loss), the per-checkpoint scores, every estimated quantity with its estimate,
+actual and error, the notes, the provenance). Flat, numbers only, and few: each value is one
+column of `dvc exp show`, whose table should fit a terminal. A quantity that was not measured is
+left out rather than written as null.
 """
 from __future__ import annotations
 
@@ -17,21 +17,21 @@ from typing import Any
 
 from pipeline.atomic import write_json
 
-# whole-val-split quality of the final model (reports/eval.json, same names)
-QUALITY = ("val_loss", "perplexity", "bits_per_byte")
-# what the run cost, as measured, and how far the estimate was from it (in %):
-# reports/eval.json estimate_vs_actual.quantities.NAME.{actual,error_pct}
-COST = ("hours", "usd")
+# whole-val-split quality of the final model (reports/eval.json, same names); bits per byte
+# compares models across tokenizers, val loss does not
+QUALITY = ("val_loss", "bits_per_byte")
+# what the run cost, as measured: reports/eval.json estimate_vs_actual.quantities.NAME.actual
+ACTUAL = ("hours", "usd")
+# how far the estimate was off, in % (+: the run took more): ...quantities.NAME.error_pct
+ERROR = ("hours",)
 
 
 def headline(result: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of the evaluate stage's result."""
-    out = {name: result.get(name) for name in QUALITY}
     quantities = (result.get("estimate_vs_actual") or {}).get("quantities") or {}
-    for name in COST:
-        q = quantities.get(name) or {}
-        out[name] = q.get("actual")
-        out[f"{name}_error_pct"] = q.get("error_pct")
+    out = {name: result.get(name) for name in QUALITY}
+    out.update({name: (quantities.get(name) or {}).get("actual") for name in ACTUAL})
+    out.update({f"{name}_error_pct": (quantities.get(name) or {}).get("error_pct") for name in ERROR})
     return {name: float(value) for name, value in out.items() if _number(value)}
 
 

@@ -176,18 +176,21 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="evaluate",
-        # It also reads the checkpoints, which no driver may own (see train): the train report
-        # changes whenever they do.
-        inputs=(MODEL, TOKENS, TOKENIZER, COST, TRAIN_REPORT, TRAIN_LIVE),
+        # It also reads the model, the training curves and the checkpoints (READS_UNDECLARED).
+        inputs=(TOKENS, TOKENIZER, COST, TRAIN_REPORT),
         params=("paths", "model.context", "train.device", "train.tokens_per_step", "evaluate"),
         outputs=(SAMPLES, SUMMARY, PLOTS, EVAL, METRICS),
         gpu=True,
     ),
 )
 # What a stage reads besides its declared inputs. evaluate: the checkpoints, which only train may
-# own. train: the cost report, for the budget it holds while it runs (pipeline/guard.py): a
-# finished run's outputs never depend on it, so a budget change must not retrain.
-READS_UNDECLARED = {"evaluate": (CHECKPOINTS,), "train": (COST,)}
+# own, and the model and training curves: the train report stands for all three, since the train
+# stage writes them together and the report changes whenever any of them does (it records each
+# run's wall-clock time and the checkpoints it kept). One input per upstream run keeps
+# `dvc exp show` to one dependency column for a training experiment. train: the cost report, for
+# the budget it holds while it runs (pipeline/guard.py): a finished run's outputs never depend on
+# it, so a budget change must not retrain.
+READS_UNDECLARED = {"evaluate": (MODEL, TRAIN_LIVE, CHECKPOINTS), "train": (COST,)}
 
 
 def by_name(name: str) -> Stage:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.pytorch_utils import Conv1D
 
 from pipeline.params import Train
 
@@ -26,12 +27,118 @@ PRECISION_OF = {v: k for k, v in DTYPES.items()}
 
 
 def optimizer_for(model: torch.nn.Module, train: Train) -> torch.optim.Optimizer:
+    """train.optimizer for this model: fused AdamW (adamw), or Muon for the hidden matrices with
+    fused AdamW for the rest (muon), as one optimizer object either way."""
+    if train.optimizer == "muon":
+        return muon_adamw(model, train)
+    return torch.optim.AdamW(_adamw_groups(list(_trainable(model)), train), lr=train.lr,
+                             betas=(train.beta1, train.beta2), fused=True)
+
+
+def _trainable(model: torch.nn.Module):
+    return (p for p in model.parameters() if p.requires_grad)
+
+
+def _adamw_groups(params: list[torch.Tensor], train: Train) -> list[dict]:
     """AdamW that decays the matrices, token and position embeddings included (as GPT-2
-    reproductions do); biases and LayerNorm gains are 1-D and left alone."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=True)
+    reproductions do); biases and LayerNorm/RMSNorm gains are 1-D and left alone."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def hidden_matrices(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The 2-D weights of the transformer blocks (attention and MLP projections): what Muon
+    trains. The token and position embeddings and the lm_head are not hidden layers (Keller
+    Jordan's Muon README: "embeddings, classifier heads, and hidden gains/biases should be
+    optimized using standard AdamW"), nor are 1-D gains and biases."""
+    outside = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    outside.add(id(model.get_output_embeddings().weight))
+    return [p for p in _trainable(model) if p.dim() == 2 and id(p) not in outside]
+
+
+def _fan_ratio(rows: int, cols: int) -> float:
+    return math.sqrt(max(1.0, rows / cols))
+
+
+def _muon_groups(model: torch.nn.Module, hidden: list[torch.Tensor], train: Train) -> list[dict]:
+    """Muon scales each matrix's step by sqrt(max(1, rows / cols)) of its shape, i.e. by
+    sqrt(fan_out / fan_in) for nn.Linear's (out, in) layout. GPT-2's Conv1D stores (in, out):
+    its matrices get a group whose lr (and weight decay, so lr x wd stays muon_lr x
+    muon_weight_decay) carries the ratio for their true orientation."""
+    conv1d = {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
+    by_factor: dict[float, list[torch.Tensor]] = {}
+    for p in hidden:
+        rows, cols = p.shape
+        factor = _fan_ratio(cols, rows) / _fan_ratio(rows, cols) if id(p) in conv1d else 1.0
+        by_factor.setdefault(factor, []).append(p)
+    return [{"params": ps, "lr": train.muon_lr * f, "weight_decay": train.muon_weight_decay / f}
+            for f, ps in sorted(by_factor.items())]
+
+
+def muon_adamw(model: torch.nn.Module, train: Train) -> MuonAdamW:
+    hidden = hidden_matrices(model)
+    ids = {id(p) for p in hidden}
+    rest = [p for p in _trainable(model) if id(p) not in ids]
+    return MuonAdamW(_muon_groups(model, hidden, train), _adamw_groups(rest, train), lr=train.lr,
+                     betas=(train.beta1, train.beta2), muon_lr=train.muon_lr, momentum=train.muon_momentum)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon (github.com/KellerJordan/Muon; Nesterov momentum, then five Newton-Schulz
+    iterations in bf16 that orthogonalize the step) for the hidden matrices and fused
+    torch.optim.AdamW for everything else, as the one optimizer the train stage, GradScaler, the
+    LR scheduler and the checkpoints see (as the Muon repository's MuonWithAuxAdam is one object):
+
+    - param_groups are the two optimizers' own group dicts, AdamW's first (so the first group's lr,
+      which the train log records, is train.lr's schedule as with adamw alone): an LR scheduler
+      scales every group by the same factor, and defaults["lr"] is train.lr, so
+      get_cosine_with_min_lr_schedule_with_warmup's min_lr / lr floor applies to both.
+    - GradScaler: unscale_ sees every gradient through param_groups; this class does not claim
+      _step_supports_amp_scaling, so on an fp16 overflow GradScaler.step skips step() as a whole
+      and neither optimizer moves. (The torch AMP examples, "Working with multiple models, losses,
+      and optimizers": each optimizer given to scaler.step decides on its own whether to skip, so
+      one may skip while the other steps; one object for both never applies half an update.)
+    - state_dict() holds both optimizers' state dicts (Muon keeps one momentum buffer per
+      matrix, AdamW exp_avg and exp_avg_sq), so a checkpoint resumes exactly.
+    """
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, lr: float,
+                 betas: tuple[float, float], muon_lr: float, momentum: float):
+        self.adamw = torch.optim.AdamW([g for g in adamw_groups if g["params"]], lr=lr, betas=betas, fused=True)
+        self.muon = torch.optim.Muon([g for g in muon_groups if g["params"]], lr=muon_lr, momentum=momentum,
+                                     nesterov=True, adjust_lr_fn="original")
+        groups = self.adamw.param_groups + self.muon.param_groups
+        super().__init__([{"params": g["params"]} for g in groups], {"lr": lr})
+        self.param_groups = groups  # the inner optimizers' dicts: a scheduler's lr reaches them
+
+    @property
+    def state(self) -> dict:
+        """Both optimizers' per-parameter state (read-only view: each keeps its own)."""
+        return {**self.adamw.state, **self.muon.state}
+
+    @state.setter
+    def state(self, value) -> None:
+        if value:  # Optimizer.__init__ assigns an empty state; the real ones live in .adamw and .muon
+            raise AttributeError("MuonAdamW keeps its state in .adamw and .muon")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.adamw.step()
+        self.muon.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"adamw": self.adamw.state_dict(), "muon": self.muon.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != {"adamw", "muon"}:
+            raise ValueError("not a MuonAdamW state (an AdamW checkpoint? train.optimizer changed)")
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.muon.load_state_dict(state_dict["muon"])
 
 
 def autocast(device: str, precision: str):

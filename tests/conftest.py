@@ -69,3 +69,15 @@ def demo_tokens(tmp_path_factory) -> DemoTokens:
     demo_corpus.write(params.paths.corpus, demo_corpus.generate())
     manifest = run_stage("tokenize", params).as_dict()
     return DemoTokens(params=params, root=root, manifest=manifest)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda skip, saying why, where torch sees no GPU (CI, most laptops)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU: torch.cuda.is_available() is false here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -105,7 +105,7 @@ def test_cpu_reports_its_hours_and_the_gate_refuses_them(tokens, tmp_path):
     assert "train.max_tokens:" in message and "t4-16gb" in message  # fewer tokens; a device within budget
     cost = run(tokens, tmp_path, "cost.hardware=cpu", "cost.pricing=owned", "cost.override_budget=true")
     cpu = hardware.get_device(load(tokens, tmp_path, "cost.hardware=cpu").cost)
-    assert cost["plan"]["precision"] == ("bf16" if cpu.bf16_native else "fp32") and cost["fits"]
+    assert cost["plan"]["precision"] == "fp32" and cost["fits"]  # one loss curve on any CPU
     assert cost["detected"]["model"] and cost["detected"]["peak_flops"]["fp32"] == cpu.peak_flops["fp32"]
     assert cost["hours"] > 12 and cost["over_budget"] == ["hours"]
     assert cost["override"] and not cost["within_budget"]
