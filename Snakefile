@@ -6,21 +6,21 @@ from), the same commands, the same params.yaml.
     snakemake --config 'train={lr: 0.0003}'                 # override values
 
 The config is params.yaml, each --configfile over it, then --config (and a profile's `config:`)
-on top. Each stage job runs
+on top. Each stage's job runs
 
     python -m pipeline STAGE --params params.yaml --params logs/params/STAGE.yaml
 
 where logs/params/STAGE.yaml holds the values of exactly the keys the stage reads (the registry's
-`params`), written by the `stage_params` job only when one of them changed. Snakemake's own rerun
-triggers then do the rest (README: "Only what changed reruns"):
+`params`), written by the STAGE_params job when one of them changed. Snakemake's own rerun
+triggers do the rest (README: "Only what changed reruns"):
 
-- a changed value reruns its `stage_params` job (the params trigger) and so the stages that
-  read it, in the same run; the command line itself never changes;
-- every corpus file is an input: adding, removing (the input trigger) or editing one (mtime)
+- a changed value reruns STAGE_params (the params trigger; its reason names the key) and so the
+  stages that read it, in the same run; no command line ever changes;
+- every corpus file is an input: adding or removing one (the input trigger) or editing one (mtime)
   reruns tokenize; touching the corpus directory reruns nothing;
-- estimate is a checkpoint: once it has run, Snakemake re-evaluates train against the plan it
-  wrote, which train reads by content (Snakemake compares a small input's checksum before
-  trusting its timestamp), so a budget change never retrains;
+- estimate is a checkpoint: once it has run, Snakemake decides again about train, which reads
+  the plan it wrote, by content (a small input that is newer but has the checksum Snakemake
+  recorded is unchanged), so a budget change never retrains;
 - the estimate report (reports/cost.md) is declared as a log: Snakemake deletes a failed job's
   outputs but never its logs, so the budget gate's refusal stays readable.
 """

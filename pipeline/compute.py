@@ -166,28 +166,34 @@ def training_memory(model: Model, vocab_size: int, micro_batch_size: int, precis
     a = 2 if low else 4                      # bytes of a value autocast computes in
     if model.architecture == "gpt2":
         block, head, layer_casts = _gpt2_block(model, activation, attention, low, a, device_kind)
+        backward = tokens * 8 * d * a    # gradients in flight inside one block's backward
+        recompute_overlap = 0
     elif model.architecture == "qwen3":
         block, head, layer_casts = _qwen3_block(model, activation, attention, low, a)
+        backward = _qwen3_backward(model, vocab_size, tokens, low, a)
+        # recomputing a block, its input is the checkpoint's saved one and the final norm's saved
+        # tensors are gone (measured; the gpt2 terms above fold the same effects into 8da)
+        recompute_overlap = tokens * (4 * d + head)
     else:
         raise ValueError(f"no memory model for architecture {model.architecture!r}")
     # pipeline/step.py keeps only the loss: the logits live until the fp32 log-softmax is made from
     # them, then only what autograd saved (the log-softmax) and the loss gradients exist
-    logits = a * vocab_size + 4 * vocab_size
-    loss_backward = 12 * vocab_size  # fp32 log-softmax, nll_loss grad, log-softmax grad
-    block_backward = 8 * d * a       # gradients in flight inside one block's backward
+    logits = tokens * (a * vocab_size + 4 * vocab_size)
+    loss_backward = tokens * 12 * vocab_size  # fp32 log-softmax, nll_loss grad, log-softmax grad
     head_casts = vocab_size * d if low else 0
 
     if checkpointing:
         # one block input each; backward meets the loss first, then recomputes one block at a time,
         # and autocast's weight cache is gone by then (it is cleared when the autocast region exits)
         saved = layers * 4 * d + head
-        peak_tokens = max(logits, loss_backward, block + block_backward)
-        casts = head_casts + (layer_casts if block + block_backward > loss_backward else 0)
+        recompute = tokens * block + backward - recompute_overlap
+        peak = max(logits, loss_backward, recompute)
+        casts = head_casts + (layer_casts if recompute > loss_backward else 0)
     else:
         saved = layers * block + head
-        peak_tokens = max(logits, loss_backward, block_backward)
+        peak = max(logits, loss_backward, backward)
         casts = head_casts + layers * layer_casts
-    autocast_cache, activations, loss = 2 * casts, tokens * saved, tokens * peak_tokens
+    autocast_cache, activations, loss = 2 * casts, tokens * saved, peak
     # the update runs after backward freed the activations: only what it needs beyond them counts
     step = newton_schulz_workspace(model) if optimizer == "muon" else 0
     return Memory(weights=4 * n, gradients=4 * n, optimizer=optimizer_state_bytes(model, vocab_size, optimizer),
@@ -253,3 +259,16 @@ def _qwen3_block(model: Model, activation: str, attention: str, low: bool, a: in
     head = norm + a * d                  # final norm, lm_head input (its cast, or the gain's output)
     layer_casts = 4 * d * d + 3 * d * w if low else 0
     return block, head, layer_casts
+
+
+def _qwen3_backward(model: Model, vocab_size: int, tokens: int, low: bool, a: int) -> int:
+    """Bytes in flight while a Qwen3 block runs backward (beyond its saved tensors): the gradient
+    of its output (fp32) and, at down_proj, its cast, the gradient of the MLP product and the
+    weight gradient before it is added to .grad; or, one op later, at the gate x up product, the
+    gradients of both factors. A tied lm_head's weight gradient waits for the embedding's (autograd
+    sums both before accumulating), all through the blocks' backward."""
+    d, w = model.n_embd, mlp_width(model)
+    down = tokens * (4 * d + (a * d if low else 0) + a * w) + a * d * w
+    product = tokens * (4 * d + 2 * a * w)
+    parked = 4 * vocab_size * d if model.tie_embeddings else 0
+    return max(down, product) + parked

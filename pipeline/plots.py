@@ -1,4 +1,5 @@
-"""The evaluate stage's pictures: PNGs for people and CSVs for `dvc plots show`, in reports/plots/.
+"""The evaluate stage's pictures, in reports/plots/: PNGs (which `dvc plots show` also shows, as
+images) and their data as CSV (which it draws: the loss curves and the estimate's errors).
 
     loss.png / loss_train.csv, loss_val.csv          train and val loss against tokens (step,tokens,loss)
     checkpoints.png / checkpoints.csv                whole-split quality of each evaluated checkpoint

@@ -2,7 +2,8 @@
 Snakefile builds its rules from it, so the two drivers cannot drift apart.
 
 Paths are templates over params.paths: "{tokens}/train.bin". `params` lists exactly the keys a
-stage reads, so changing a key reruns that stage and what follows, and nothing else.
+stage reads, so changing a key reruns that stage and what follows, and nothing else (DVC: the
+stage's `params` in dvc.yaml; Snakemake: its STAGE_params job, see the Snakefile).
 """
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ trains.
     outcome = step.update()
 
 autocast and the fp16 GradScaler are ours rather than accelerate's: accelerate, asked for fp16
-on CPU, trains in fp32 while reporting fp16.
+on CPU, trains in fp32 while reporting fp16. optimizer_for follows train.optimizer: fused AdamW,
+or Muon for the hidden matrices with fused AdamW for the rest, one MuonAdamW object that the
+scaler, the LR scheduler and the checkpoints treat as any optimizer.
 """
 from __future__ import annotations
 
@@ -139,6 +141,9 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError("not a MuonAdamW state (an AdamW checkpoint? train.optimizer changed)")
         self.adamw.load_state_dict(state_dict["adamw"])
         self.muon.load_state_dict(state_dict["muon"])
+        # Optimizer.load_state_dict replaces each group dict with the loaded one: point at those,
+        # or the LR scheduler would go on setting lrs the inner optimizers no longer read
+        self.param_groups = self.adamw.param_groups + self.muon.param_groups
 
 
 def autocast(device: str, precision: str):

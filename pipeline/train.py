@@ -58,8 +58,9 @@ VAL_DIVERGENCE_FACTOR = 1.5
 OVERFLOW_LINES = 10  # fp16 overflow skips shown on the terminal; all are counted in train.json
 # Train params that shape the weights: a checkpoint made with other values is another run.
 # Stopping rules (max_steps, patience, ...) and the hardware plan may change on resume.
-RESUME_KEYS = ("seed", "tokens_per_step", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2",
-               "grad_clip")
+RESUME_KEYS = ("seed", "tokens_per_step", "optimizer", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1",
+               "beta2", "grad_clip")
+MUON_RESUME_KEYS = ("muon_lr", "muon_momentum", "muon_weight_decay")  # part of a run's identity only with muon
 
 
 class TrainReport(Record):
@@ -425,7 +426,8 @@ class Trainer:
     def _identity(self) -> dict[str, Any]:
         m = self.manifest
         ident = {f"model.{k}": v for k, v in self.params.section("model").items()}
-        ident |= {f"train.{k}": getattr(self.cfg, k) for k in RESUME_KEYS}
+        keys = RESUME_KEYS + (MUON_RESUME_KEYS if self.cfg.optimizer == "muon" else ())
+        ident |= {f"train.{k}": getattr(self.cfg, k) for k in keys}
         ident |= {"vocab_size": m.vocab_size, "eot_token_id": m.eot_token_id,
                   "train.bin sha256": m.sha256[TRAIN_FILE], "val.bin sha256": m.sha256[VAL_FILE],
                   "tokenizer sha256": m.tokenizer_sha256}

@@ -1,29 +1,29 @@
-"""FLOPs and memory models against PyTorch's own accounting, on small real GPT-2 models.
+"""FLOPs and memory models against PyTorch's own accounting, on small real models of both
+architectures (gpt2, qwen3) and both optimizers (adamw, muon).
 
 FLOPs: torch.utils.flop_counter.FlopCounterMode over a real forward + backward (eager attention:
-the counter has no formula for CPU's fused SDPA kernel and would count attention as zero).
+the counter has no formula for CPU's fused SDPA kernel and would count attention as zero), and
+over Muon's optimizer step (its Newton-Schulz matmuls).
 Memory: torch.distributed._tools.mem_tracker.MemTracker over the train stage's micro-step (autocast,
-held logits, F.cross_entropy, two accumulated micro-batches, fused AdamW), on CPU: it tracks every
-tensor storage with the CUDA allocator's 512-byte rounding. CPU autocast keeps pow and softmax in
-fp16 where CUDA upcasts them, so the model is checked with device_kind="cpu".
+held logits, F.cross_entropy, two accumulated micro-batches, the optimizer update), on CPU: it
+tracks every tensor storage with the CUDA allocator's 512-byte rounding. CPU autocast keeps pow and
+softmax in fp16 where CUDA upcasts them, so the model is checked with device_kind="cpu".
 """
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import GPT2LMHeadModel
 
 from pathlib import Path
 
 from pipeline import compute, params as params_module
-from pipeline.step import TrainStep, optimizer_for
-from pipeline.model import build_model, count_parameters, gpt2_config
+from pipeline.step import TrainStep, hidden_matrices, optimizer_for
+from pipeline.model import CONFIGS, build_model, count_parameters, model_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,24 +31,37 @@ FLOP_TOLERANCE = 0.0025   # nanoGPT's 6N + attention is within 0.25% of the coun
 MEMORY_TOLERANCE = 0.03   # measured: within 1.6% over 56 configurations (2-3 layers, 64-128 wide)
 
 
-def shape(n_layer=2, n_embd=64, n_head=4, context=64):
-    return SimpleNamespace(n_layer=n_layer, n_embd=n_embd, n_head=n_head, context=context, dropout=0.0)
+def shape(n_layer=2, n_embd=64, n_head=4, context=64, architecture="gpt2", **more):
+    return params_module.Model(architecture=architecture, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                               context=context, dropout=0.0, **more)
 
 
-def gpt2(model, vocab, attention="sdpa", activation=None):
+def qwen3(n_layer=2, n_embd=64, n_head=4, context=64, **more):
+    return shape(n_layer, n_embd, n_head, context, architecture="qwen3", **more)
+
+
+def built(model, vocab, attention="sdpa", activation=None):
     """The train stage's model; eager attention or another activation only where a test asks."""
     torch.manual_seed(0)
     if attention == "sdpa" and activation is None:
         return build_model(model, vocab, eos_token_id=0)
-    config = gpt2_config(model, vocab, eos_token_id=0)
+    config = model_config(model, vocab, eos_token_id=0)
     config._attn_implementation = attention
-    config.activation_function = activation or config.activation_function
-    return GPT2LMHeadModel(config)
+    if activation:
+        config.activation_function = activation
+    return CONFIGS[model.architecture][1](config)
 
 
-def test_parameter_count_matches_the_built_model():
-    for model, vocab in [(shape(), 512), (shape(3, 96, 6, 128), 1000)]:
-        assert compute.parameter_count(model, vocab) == count_parameters(gpt2(model, vocab))
+MODELS = [(shape(), 512), (shape(3, 96, 6, 128), 1000), (shape(tie_embeddings=False, mlp_width=96), 300),
+          (qwen3(), 512), (qwen3(3, 96, 6, 128), 1000), (qwen3(tie_embeddings=False, mlp_activation="relu2"), 300)]
+IDS = ["gpt2", "gpt2-3x96", "gpt2-untied", "qwen3", "qwen3-3x96", "qwen3-untied-relu2"]
+
+
+@pytest.mark.parametrize("model,vocab", MODELS, ids=IDS)
+def test_parameter_count_matches_the_built_model(model, vocab):
+    net = built(model, vocab)
+    assert compute.parameter_count(model, vocab) == count_parameters(net)
+    assert compute.hidden_matrix_parameters(model) == sum(p.numel() for p in hidden_matrices(net))
 
 
 def test_gpt2_small_figures():
@@ -58,33 +71,57 @@ def test_gpt2_small_figures():
     assert compute.flops_per_token(small, 50257) == pytest.approx(counter_formula, rel=FLOP_TOLERANCE)
 
 
-@pytest.mark.parametrize("model,vocab", [(shape(), 512), (shape(3, 128, 4, 128), 2048), (shape(2, 96, 3, 256), 300)])
-def test_flops_per_token_matches_flop_counter(model, vocab):
-    net = gpt2(model, vocab, attention="eager")
-    batch = 2
+def counted_flops_per_token(model, vocab, batch=2):
+    net = built(model, vocab, attention="eager")
     ids = torch.randint(0, vocab, (batch, model.context))
     with FlopCounterMode(display=False) as counter:
         logits = net(input_ids=ids).logits
         F.cross_entropy(logits.flatten(0, 1), ids.flatten()).backward()
-    counted = counter.get_total_flops() / (batch * model.context)
-    # the counter sees matmuls only; 6N also counts the biases and LayerNorm weights (13d per block
-    # + ln_f), a few per cent at width 64 and 0.2% for GPT-2 small
-    vectors = model.n_layer * 13 * model.n_embd + 2 * model.n_embd
-    assert compute.flops_per_token(model, vocab) - 6 * vectors == counted
+    return counter.get_total_flops() / (batch * model.context), net
 
 
-def tracked_peak(net, model, vocab, micro_batch, precision, checkpointing):
+@pytest.mark.parametrize("model,vocab", MODELS[:2] + MODELS[3:5] + [MODELS[5]], ids=IDS[:2] + IDS[3:])
+def test_flops_per_token_matches_flop_counter(model, vocab):
+    counted, _ = counted_flops_per_token(model, vocab)
+    # the counter sees matmuls only; 6N also counts the biases and norm gains (gpt2: 13d per block
+    # + ln_f; qwen3: 2d + 2 head_dim per block + the final norm), a few per cent at width 64 and
+    # 0.2% for GPT-2 small; an untied token embedding is a lookup, its lm_head a matmul
+    assert compute.flops_per_token(model, vocab) - 6 * compute.vector_parameters(model) == counted
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "qwen3"])
+def test_flops_per_token_within_one_percent_at_the_demo_width(architecture):
+    demo = params_module.load([ROOT / "params.yaml", ROOT / "params" / "demo.yaml"],
+                              [f"model.architecture={architecture}", "model.context=64"]).model
+    counted, _ = counted_flops_per_token(demo, 4096, batch=1)
+    assert compute.flops_per_token(demo, 4096) == pytest.approx(counted, rel=0.01)
+
+
+@pytest.mark.parametrize("model,vocab", [MODELS[0], MODELS[2], MODELS[3], MODELS[5]],
+                         ids=["gpt2", "gpt2-untied", "qwen3", "qwen3-untied-relu2"])
+def test_optimizer_flops_match_flop_counter(model, vocab):
+    _, net = counted_flops_per_token(model, vocab)   # leaves every gradient in place
+    for optimizer in ("adamw", "muon"):
+        train = params_module.load([ROOT / "params.yaml"], [f"train.optimizer={optimizer}"]).train
+        step = optimizer_for(net, train)
+        with FlopCounterMode(display=False) as counter:
+            step.step()
+        assert compute.optimizer_flops_per_step(model, vocab, optimizer) == counter.get_total_flops()
+    assert counter.get_total_flops() > 0  # Muon's Newton-Schulz matmuls
+
+
+def tracked_peak(net, model, vocab, micro_batch, precision, checkpointing, optimizer="adamw"):
     """Peak bytes MemTracker sees over the train stage's own step (pipeline/step.py), two
     micro-batches of accumulation and the optimizer update."""
     net.train()
     if checkpointing:
         net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    train = params_module.load([ROOT / "params.yaml"]).train
+    train = params_module.load([ROOT / "params.yaml"], [f"train.optimizer={optimizer}"]).train
     step = TrainStep(net, optimizer_for(net, train), precision=precision, device="cpu", grad_clip=train.grad_clip)
     ids = torch.randint(0, vocab, (micro_batch, model.context))
 
     step.micro(ids, ids, accum=2)
-    step.update()  # AdamW states exist from here on, as in every step but the first
+    step.update()  # optimizer states exist from here on, as in every step but the first
     tracker = MemTracker()
     tracker.track_external(net, step.optimizer, ids)
     with warnings.catch_warnings():
@@ -97,21 +134,41 @@ def tracked_peak(net, model, vocab, micro_batch, precision, checkpointing):
     return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
 
-@pytest.mark.parametrize("precision,checkpointing,attention,activation,model,vocab,micro", [
-    ("fp32", False, "sdpa", None, shape(), 512, 4),
-    ("fp16", False, "sdpa", None, shape(3, 64, 4, 64), 512, 4),
-    ("fp32", True, "sdpa", None, shape(2, 64, 4, 128), 512, 4),
-    ("fp16", True, "sdpa", None, shape(2, 128, 4, 64), 512, 4),
-    ("fp16", False, "eager", "gelu_new", shape(2, 64, 8, 64), 1024, 4),
-    ("fp32", True, "eager", "gelu_new", shape(2, 64, 4, 64), 512, 8),
-])
-def test_training_memory_matches_mem_tracker(precision, checkpointing, attention, activation, model, vocab, micro):
-    net = gpt2(model, vocab, attention, activation)
-    measured = tracked_peak(net, model, vocab, micro, precision, checkpointing)
-    estimate = compute.training_memory(model, vocab, micro, precision, checkpointing, device_kind="cpu",
-                                       attention=attention, activation=net.config.activation_function)
+@pytest.mark.parametrize("precision,checkpointing,attention,activation,model,vocab,micro,optimizer", [
+    ("fp32", False, "sdpa", None, shape(), 512, 4, "adamw"),
+    ("fp16", False, "sdpa", None, shape(3, 64, 4, 64), 512, 4, "adamw"),
+    ("fp32", True, "sdpa", None, shape(2, 64, 4, 128), 512, 4, "adamw"),
+    ("fp16", True, "sdpa", None, shape(2, 128, 4, 64), 512, 4, "adamw"),
+    ("fp16", False, "eager", "gelu_new", shape(2, 64, 8, 64), 1024, 4, "adamw"),
+    ("fp32", True, "eager", "gelu_new", shape(2, 64, 4, 64), 512, 8, "adamw"),
+    ("bf16", False, "sdpa", None, shape(2, 64, 4, 64, tie_embeddings=False, mlp_activation="relu2"), 512, 4, "muon"),
+    ("fp32", True, "sdpa", None, shape(2, 64, 4, 64), 512, 4, "muon"),
+    ("fp32", False, "sdpa", None, qwen3(), 512, 4, "adamw"),
+    ("bf16", False, "sdpa", None, qwen3(3, 64, 2, 128), 512, 4, "adamw"),
+    ("fp16", False, "sdpa", None, qwen3(2, 128, 4, 64, tie_embeddings=False, mlp_activation="relu2"), 512, 4, "muon"),
+    ("fp32", True, "sdpa", None, qwen3(2, 128, 4, 64), 512, 4, "adamw"),
+    ("bf16", True, "sdpa", None, qwen3(2, 96, 3, 64, mlp_width=384), 512, 4, "muon"),
+    ("fp32", True, "sdpa", None, qwen3(3, 64, 2, 128), 512, 4, "muon"),
+], ids=lambda v: f"{v.architecture}-{v.n_layer}x{v.n_embd}" if isinstance(v, params_module.Model) else None)
+def test_training_memory_matches_mem_tracker(precision, checkpointing, attention, activation, model, vocab, micro,
+                                             optimizer):
+    net = built(model, vocab, attention, activation)
+    measured = tracked_peak(net, model, vocab, micro, precision, checkpointing, optimizer)
+    estimate = compute.training_memory(model, vocab, micro, precision, checkpointing, optimizer=optimizer,
+                                       device_kind="cpu", attention=attention,
+                                       activation=activation or compute.activation_of(model))
     assert estimate.runtime == 0
     assert estimate.total == pytest.approx(measured, rel=MEMORY_TOLERANCE)
+
+
+@pytest.mark.parametrize("model", [shape(1, 128, 2, 8), qwen3(1, 128, 2, 8, mlp_width=1024)], ids=["gpt2", "qwen3"])
+def test_the_newton_schulz_workspace_where_it_sets_the_peak(model):
+    """One token-light step of a wide layer: the update, not the forward/backward, peaks."""
+    vocab, micro = 64, 1
+    measured = tracked_peak(built(model, vocab), model, vocab, micro, "fp32", False, "muon")
+    estimate = compute.training_memory(model, vocab, micro, "fp32", False, optimizer="muon", device_kind="cpu")
+    assert estimate.optimizer_step > MEMORY_TOLERANCE * measured  # without it the estimate would fail
+    assert estimate.total == pytest.approx(measured, rel=MEMORY_TOLERANCE / 3)
 
 
 def test_memory_parts_respond_to_the_plan():
@@ -122,7 +179,15 @@ def test_memory_parts_respond_to_the_plan():
         return compute.training_memory(small, 32000, micro, precision, checkpointing, **kw)
 
     plain = memory()
-    assert plain.weights == plain.gradients == plain.optimizer // 2 == 4 * compute.parameter_count(small, 32000)
+    n = compute.parameter_count(small, 32000)
+    assert plain.weights == plain.gradients == plain.optimizer // 2 == 4 * n
+    muon = memory(optimizer="muon")   # one momentum buffer per hidden matrix, AdamW's two for the rest
+    hidden = compute.hidden_matrix_parameters(small)
+    assert muon.optimizer == 4 * hidden + 8 * (n - hidden) and 0.7 < hidden / n < 0.8  # 85M of 110M
+    assert muon.optimizer_step == 0 < compute.newton_schulz_workspace(small)  # activations dwarf it here
+    assert muon.total == plain.total - 4 * hidden
+    modern = compute.training_memory(shape(12, 768, 12, 1024, architecture="qwen3"), 32000, 8, "fp16", False)
+    assert modern.activations > plain.activations  # RMSNorm and QK-norm in python save more than LayerNorm
     assert memory(checkpointing=True).activations < plain.activations / 5
     assert memory(micro=16).activations == 2 * plain.activations
     fp32 = memory(precision="fp32")

@@ -1,0 +1,377 @@
+"""Recipe benchmark: GPT-2 + AdamW against a modern recipe (Qwen3 blocks + Muon), side by side.
+
+    .venv/bin/python bench/recipe.py sweep  [--data demo|text]   # one seed, a 3-point lr sweep per recipe
+    .venv/bin/python bench/recipe.py final  [--data demo|text] [--seeds 1,2,3]   # the best lrs, fresh seeds
+    .venv/bin/python bench/recipe.py table  [--data demo|text]   # the tables in bench/README.md
+    .venv/bin/python bench/recipe.py final --data text --lrs-from demo --seeds 1,2   # real text, demo's lrs
+    .venv/bin/python bench/recipe.py ablate [--data demo|text]   # one change at a time, seed 0
+    .venv/bin/python bench/recipe.py steptime [--data demo|text] # both recipes' steps alternating in one process
+
+Run it as the README says: nice -n 10, OMP_NUM_THREADS=2. Every run is a fresh child process
+training params.yaml + params/demo.yaml's model (4 layers x 256, context 256, 4,096 tokens per
+step, 120 steps: the demo's schedule, warmup 15 then cosine to min_lr / lr of the peak) with the
+train stage's own pieces: pipeline.model.build_model, pipeline.step.optimizer_for + TrainStep,
+the train stage's data order (pipeline.batches.TrainWindows) and LR schedule. Runs of all recipes
+are interleaved within a seed, so load from other processes hits them alike.
+
+Measured per run: the loss on a fixed val subset every 10 steps, the training steps' wall and CPU
+seconds (evaluation excluded), and at the end bits/byte over the whole val split (pipeline.
+evaluate.score, as the evaluate stage scores). The target is the baseline's final subset loss
+(median over the final seeds: the sweep's seed 0 picks the lrs, so the comparison is made on seeds
+that did not pick them); a run reaches it at the first evaluation at or below it, linearly
+interpolated from the one before in tokens, wall and CPU seconds.
+
+--data text trains on real text instead: >= 20 MB assembled from this machine's documentation
+(bench/bench_tokenize.py's sources: translation catalogs, man pages, /usr/share/doc, Python
+sources; cut at 24 MB), tokenized by the tokenize stage with the demo's tokenizer settings.
+Results: bench/out/recipe/<data>/runs.jsonl (appended; a run already there is not rerun).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out" / "recipe"
+FILES = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
+TEXT_BYTES = 24_000_000
+EVAL_EVERY = 10
+EVAL_WINDOWS = 32                 # 8,192 val tokens per periodic evaluation
+
+# recipe -> the params that make it (everything else: params.yaml + params/demo.yaml)
+RECIPES = {
+    "gpt2+adamw": ["model.architecture=gpt2", "train.optimizer=adamw"],
+    "qwen3+muon": ["model.architecture=qwen3", "train.optimizer=muon"],
+}
+ABLATIONS = {  # one change at a time from either end
+    "gpt2+muon": ["model.architecture=gpt2", "train.optimizer=muon"],
+    "qwen3+adamw": ["model.architecture=qwen3", "train.optimizer=adamw"],
+    "qwen3+muon untied": ["model.architecture=qwen3", "train.optimizer=muon", "model.tie_embeddings=false"],
+    "qwen3+muon relu2": ["model.architecture=qwen3", "train.optimizer=muon", "model.mlp_activation=relu2"],
+}
+# the lr each recipe sweeps: AdamW's peak lr for the baseline (the demo's 2e-3 in the middle),
+# Muon's for the candidate (its README's 0.02 in the middle; AdamW's part keeps the baseline's best)
+SWEEPS = {"gpt2+adamw": ("train.lr", [1e-3, 2e-3, 4e-3]),
+          "qwen3+muon": ("train.muon_lr", [0.01, 0.02, 0.04])}
+BASELINE = "gpt2+adamw"
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+def prepare(data: str) -> Path:
+    """bench/out/recipe/<data>/{tokens,tokenizer}: the demo corpus or the real text, tokenized once."""
+    base = OUT / data
+    if not (base / "tokens" / "manifest.json").is_file():
+        from pipeline import demo_corpus, params
+        from pipeline.stages import run_stage
+
+        corpus = base / "corpus"
+        p = params.load(FILES, [f"paths.corpus={corpus}", f"paths.tokenizer={base / 'tokenizer'}",
+                                f"paths.tokens={base / 'tokens'}", f"paths.reports={base / 'reports'}"])
+        if data == "demo":
+            demo_corpus.write(corpus, demo_corpus.generate())
+        else:
+            _write_text(corpus)
+        run_stage("tokenize", p)
+    return base
+
+
+def _write_text(corpus: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_tokenize", ROOT / "bench" / "bench_tokenize.py")
+    source = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(source)
+    corpus.mkdir(parents=True, exist_ok=True)
+    docs, size = [], 0
+    for text in source._documents():
+        data = text.strip().encode("utf-8", "replace")
+        if data:
+            docs.append(data)
+            size += len(data) + 2
+        if size >= TEXT_BYTES:
+            break
+    (corpus / "text.txt").write_bytes(b"\n\n".join(docs) + b"\n")
+
+
+# --- one run (a child process) ---------------------------------------------------------------------
+
+def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from pipeline import params as params_module
+    from pipeline.batches import TrainWindows, stack_windows, val_starts
+    from pipeline.evaluate import score, scored_stream
+    from pipeline.model import build_model, count_parameters
+    from pipeline.step import TrainStep, autocast, optimizer_for
+    from pipeline.tokens import MANIFEST_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    params = params_module.load(FILES, [*(RECIPES.get(recipe) or ABLATIONS[recipe]), *sets, f"train.seed={seed}",
+                                        f"train.precision={precision}", "train.device=cpu"])
+    cfg, context = params.train, params.model.context
+    tokens = base / "tokens"
+    manifest = TokenManifest.read(tokens / MANIFEST_FILE)
+    torch.manual_seed(cfg.seed)
+    model = build_model(params.model, manifest.vocab_size, manifest.eot_token_id)
+    step = TrainStep(model, optimizer_for(model, cfg), precision=precision, device="cpu", grad_clip=cfg.grad_clip)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(step.optimizer, cfg.warmup_steps, cfg.max_steps,
+                                                            min_lr=cfg.min_lr)
+    seqs = cfg.tokens_per_step // context
+    micro = min(seqs, 16)
+    windows = TrainWindows(tokens / TRAIN_FILE, context, seqs, cfg.seed)
+    val = read_tokens(tokens / VAL_FILE)
+    subset = val_starts(tokens / VAL_FILE, context, EVAL_WINDOWS)
+
+    def subset_loss() -> float:
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(subset), micro):
+                x, y = stack_windows(val, subset[i:i + micro], context)
+                with autocast("cpu", precision):
+                    logits = model(input_ids=x, use_cache=False).logits
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        model.train()
+        return total / (len(subset) * context)
+
+    evals = [{"step": 0, "tokens": 0, "loss": subset_loss(), "wall": 0.0, "cpu": 0.0}]
+    wall = cpu = 0.0
+    step_walls = []
+    for s in range(cfg.max_steps):
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, s, 0]).generate_state(1)[0]))
+        t, c = time.perf_counter(), time.process_time()
+        for m in range(seqs // micro):
+            x, y = windows.batch(s, m, 0, 1, micro)
+            step.micro(x, y, accum=seqs // micro)
+        step.update()
+        scheduler.step()
+        step_walls.append(time.perf_counter() - t)
+        wall += step_walls[-1]
+        cpu += time.process_time() - c
+        if (s + 1) % EVAL_EVERY == 0 or s + 1 == cfg.max_steps:
+            evals.append({"step": s + 1, "tokens": (s + 1) * cfg.tokens_per_step, "loss": subset_loss(),
+                          "wall": wall, "cpu": cpu})
+    final = score(model.eval(), scored_stream(tokens, manifest.as_dict()), context, micro, torch.device("cpu"),
+                  manifest.val_bytes)
+    return {"recipe": recipe, "seed": seed, "sets": sets, "precision": precision,
+            "parameters": count_parameters(model), "evals": evals, "step_walls": step_walls,
+            "val_loss": final.nats / final.tokens, "bits_per_byte": final.nats / math.log(2) / final.val_bytes,
+            "model": params.section("model"), "train": params.section("train")}
+
+
+def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: int, steps: int) -> dict:
+    """Step time of each recipe, one step of each in turn in one process, so load from other
+    processes hits both alike: the per-step cost without the drift between runs."""
+    import torch
+
+    from pipeline import params as params_module
+    from pipeline.batches import TrainWindows
+    from pipeline.model import build_model
+    from pipeline.step import TrainStep, optimizer_for
+    from pipeline.tokens import MANIFEST_FILE, TRAIN_FILE, TokenManifest
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    manifest = TokenManifest.read(base / "tokens" / MANIFEST_FILE)
+    runners = {}
+    for recipe, extra in sets.items():
+        params = params_module.load(FILES, [*RECIPES[recipe], *extra, f"train.precision={precision}"])
+        torch.manual_seed(0)
+        model = build_model(params.model, manifest.vocab_size, manifest.eot_token_id)
+        runners[recipe] = TrainStep(model, optimizer_for(model, params.train), precision=precision, device="cpu",
+                                    grad_clip=params.train.grad_clip)
+    cfg, context = params.train, params.model.context
+    seqs = cfg.tokens_per_step // context
+    windows = TrainWindows(base / "tokens" / TRAIN_FILE, context, seqs, 0)
+    times: dict[str, list[float]] = {recipe: [] for recipe in runners}
+    for s in range(warmup + steps):
+        x, y = windows.batch(s, 0, 0, 1, seqs)
+        for recipe, runner in runners.items():
+            t = time.perf_counter()
+            runner.micro(x, y, accum=1)
+            runner.update()
+            times[recipe].append(time.perf_counter() - t)
+    return {recipe: t[warmup:] for recipe, t in times.items()}
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+def runs_file(data: str) -> Path:
+    return OUT / data / "runs.jsonl"
+
+
+def load_runs(data: str) -> list[dict]:
+    path = runs_file(data)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run(data: str, recipe: str, seed: int, sets: list[str], precision: str) -> dict:
+    for done in load_runs(data):
+        if (done["recipe"], done["seed"], done["sets"], done["precision"]) == (recipe, seed, sets, precision):
+            return done
+    cmd = [sys.executable, __file__, "--child", recipe, "--seed", str(seed), "--data", data,
+           "--precision", precision, *[a for s in sets for a in ("--set", s)]]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{recipe} seed {seed} {sets} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(line.removeprefix("RESULT "))
+    with open(runs_file(data), "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    print(f"{recipe:<20} seed {seed} {' '.join(sets):<22} final subset loss {result['evals'][-1]['loss']:.4f}, "
+          f"{result['bits_per_byte']:.4f} bits/byte, steps {result['evals'][-1]['wall']:.0f} s "
+          f"({time.perf_counter() - started:.0f} s with start-up and evals)", flush=True)
+    return result
+
+
+def best_sets(data: str, recipe: str, precision: str, given: dict[str, list[str]]) -> list[str]:
+    """The sweep point with the lowest final subset loss (seed 0), with what it was swept on top of."""
+    key, values = SWEEPS[recipe]
+    base = given.get(recipe, [])
+    scored = [(r["evals"][-1]["loss"], r["sets"]) for r in load_runs(data)
+              if r["recipe"] == recipe and r["seed"] == 0 and r["precision"] == precision
+              and r["sets"][:-1] == base and r["sets"][-1].split("=")[0] == key]
+    if len(scored) < len(values):
+        raise SystemExit(f"run `bench/recipe.py sweep --data {data}` first ({recipe}: {len(scored)} sweep runs)")
+    return min(scored)[1]
+
+
+def sweep(data: str, precision: str) -> None:
+    key, values = SWEEPS[BASELINE]
+    for v in values:
+        run(data, BASELINE, 0, [f"{key}={v:g}"], precision)
+    baseline = best_sets(data, BASELINE, precision, {})
+    # the candidate keeps the baseline's best AdamW lr for its embeddings, head and gains
+    key, values = SWEEPS["qwen3+muon"]
+    for v in values:
+        run(data, "qwen3+muon", 0, baseline + [f"{key}={v:g}"], precision)
+
+
+def chosen(data: str, precision: str) -> dict[str, list[str]]:
+    baseline = best_sets(data, BASELINE, precision, {})
+    return {BASELINE: baseline, "qwen3+muon": best_sets(data, "qwen3+muon", precision, {"qwen3+muon": baseline})}
+
+
+def final(data: str, precision: str, seeds: list[int], lrs_from: str) -> None:
+    sets = chosen(lrs_from, precision)
+    for seed in seeds:
+        for recipe in RECIPES:
+            run(data, recipe, seed, sets[recipe], precision)
+
+
+def ablate(data: str, precision: str) -> None:
+    sets = chosen(data, precision)
+    lr, muon = sets[BASELINE], sets["qwen3+muon"]
+    for recipe in ABLATIONS:
+        run(data, recipe, 0, muon if recipe.endswith(("muon", "untied", "relu2")) else lr, precision)
+
+
+def reach(evals: list[dict], target: float) -> dict | None:
+    """Tokens, wall and CPU seconds at which the subset loss first reaches target (interpolated)."""
+    for before, after in zip(evals, evals[1:]):
+        if after["loss"] <= target:
+            f = (before["loss"] - target) / (before["loss"] - after["loss"]) if before["loss"] > target else 0.0
+            return {k: before[k] + f * (after[k] - before[k]) for k in ("tokens", "wall", "cpu")}
+    return None
+
+
+def table(data: str, precision: str, seeds: list[int], lrs_from: str) -> str:
+    runs = [r for r in load_runs(data) if r["precision"] == precision]
+    sets = chosen(lrs_from, precision)
+    picked = {recipe: [r for r in runs if r["recipe"] == recipe and r["sets"] == s and r["seed"] in seeds]
+              for recipe, s in sets.items()}
+    base = picked[BASELINE]
+    target = statistics.median(r["evals"][-1]["loss"] for r in base)
+    lines = [f"data {data}, {precision}; target = {BASELINE}'s final val-subset loss, median of "
+             f"{len(base)} seeds: {target:.4f}", "",
+             "| recipe | params | seeds | parameters | final val bits/byte (median; range) | final subset loss | "
+             "tokens to target | wall s to target | CPU s to target | step wall s (all 120) | median step s |",
+             "|" + " --- |" * 11]
+    summary = {}
+    for recipe, rs in picked.items():
+        if not rs:
+            continue
+        bpb = [r["bits_per_byte"] for r in rs]
+        hits = [reach(r["evals"], target) for r in rs]
+        got = [h for h in hits if h]
+
+        def med(key: str) -> str:
+            return f"{statistics.median(h[key] for h in got):,.0f}" if len(got) == len(rs) else \
+                f"{len(got)}/{len(rs)} reached"
+
+        summary[recipe] = {k: statistics.median(h[k] for h in got) for k in ("tokens", "wall", "cpu")} \
+            if len(got) == len(rs) else None
+        lines.append(f"| {recipe} | {' '.join(sets[recipe])} | {len(rs)} | {rs[0]['parameters']:,} | "
+                     f"{statistics.median(bpb):.4f} ({min(bpb):.4f}-{max(bpb):.4f}) | "
+                     f"{statistics.median(r['evals'][-1]['loss'] for r in rs):.4f} | {med('tokens')} | {med('wall')} | "
+                     f"{med('cpu')} | {statistics.median(r['evals'][-1]['wall'] for r in rs):.0f} | "
+                     f"{statistics.median(statistics.median(r['step_walls']) for r in rs):.2f} |")
+    if summary.get(BASELINE) and summary.get("qwen3+muon"):
+        b, c = summary[BASELINE], summary["qwen3+muon"]
+        lines += ["", f"qwen3+muon / {BASELINE} to the target: tokens {c['tokens'] / b['tokens']:.2f}x, "
+                      f"wall {c['wall'] / b['wall']:.2f}x, CPU {c['cpu'] / b['cpu']:.2f}x (medians over seeds)"]
+        for seed in sorted({r["seed"] for r in picked["qwen3+muon"]}):
+            pair = {rec: next((r for r in picked[rec] if r["seed"] == seed), None) for rec in (BASELINE, "qwen3+muon")}
+            if all(pair.values()):
+                hb, hc = reach(pair[BASELINE]["evals"], target), reach(pair["qwen3+muon"]["evals"], target)
+                if hb and hc:
+                    lines.append(f"  seed {seed}: tokens {hc['tokens'] / hb['tokens']:.2f}x, wall "
+                                 f"{hc['wall'] / hb['wall']:.2f}x, CPU {hc['cpu'] / hb['cpu']:.2f}x")
+    sweeps = [r for r in runs if r["seed"] == 0]
+    lines += ["", "| sweep and ablations (seed 0) | params | final subset loss | bits/byte | tokens to target | "
+                  "step wall s |",
+              "|" + " --- |" * 6]
+    for r in sweeps:
+        h = reach(r["evals"], target)
+        hit = f"{h['tokens']:,.0f}" if h else "-"
+        lines.append(f"| {r['recipe']} | {' '.join(r['sets'])} | {r['evals'][-1]['loss']:.4f} | {r['bits_per_byte']:.4f} | "
+                     f"{hit} | {r['evals'][-1]['wall']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", nargs="?", choices=["sweep", "final", "table", "ablate", "steptime"])
+    parser.add_argument("--data", choices=["demo", "text"], default="demo")
+    parser.add_argument("--seeds", default="1,2,3", help="final runs' seeds (the sweep and ablations use 0)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--lrs-from", choices=["demo", "text"], help="final/table: the lrs another --data's sweep chose")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path[0] = str(ROOT)
+    base = prepare(args.data)
+    if args.child:
+        print("RESULT " + json.dumps(child(base, args.child, args.seed, args.set, args.precision)))
+        return
+    if args.command == "steptime":
+        times = alternate(base, chosen(args.lrs_from or args.data, args.precision), args.precision, 3, 30)
+        (OUT / args.data / f"steptime-{args.precision}.json").write_text(json.dumps(times))
+        med = {recipe: statistics.median(t) for recipe, t in times.items()}
+        for recipe, t in times.items():
+            print(f"{recipe}: median {med[recipe]:.3f} s/step, best {min(t):.3f} s ({len(t)} alternating steps)")
+        print(f"qwen3+muon / {BASELINE} step time: {med['qwen3+muon'] / med[BASELINE]:.2f}x (medians), "
+              f"{statistics.median(a / b for a, b in zip(times['qwen3+muon'], times[BASELINE])):.2f}x (median of pairs)")
+        return
+    if args.command == "sweep":
+        sweep(args.data, args.precision)
+    elif args.command == "final":
+        final(args.data, args.precision, [int(s) for s in args.seeds.split(",")], args.lrs_from or args.data)
+    elif args.command == "ablate":
+        ablate(args.data, args.precision)
+    print(table(args.data, args.precision, [int(s) for s in args.seeds.split(",")], args.lrs_from or args.data))
+
+
+if __name__ == "__main__":
+    main()
