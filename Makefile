@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.lock | cut -d' ' -f1)
 DEMO_PARAMS := --params params.yaml --params params/demo.yaml
 
-.PHONY: demo test setup profiles lint
+.PHONY: demo test setup profiles lint gpu-check
 
 setup: $(STAMP) profiles
 
@@ -41,3 +41,12 @@ test: setup
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/python -m pipeline dag --check
+
+# On a freshly rented GPU VM, before a paid run (<= 8 minutes): the memory and speed predictions
+# against measurements, and the 4 GB / 16 GB plans trained under memory caps (reports/gpu-check.md).
+# No `make setup` needed: it uses .venv when there is one, else $(PYTHON) with the VM's torch.
+# `make gpu-check DEVICE=cpu` runs the same code on the demo model on CPU (CI).
+DEVICE ?= cuda
+gpu-check: export PATH := $(CURDIR)/$(BIN):$(PATH)
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m pipeline.gpucheck --device $(DEVICE)

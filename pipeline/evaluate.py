@@ -4,8 +4,9 @@
 
 Scores the WHOLE val split (not a sample) with the final model and the kept checkpoints chosen by
 evaluate.checkpoints, samples from evaluate.prompts, and compares reports/cost.json (predicted)
-with reports/train.json (measured). Writes reports/eval.json (DVC metrics), reports/samples.md,
-reports/summary.md and reports/plots/ (PNGs + DVC plot data). It also works on a model directory
+with reports/train.json (measured). Writes reports/eval.json (every figure), reports/metrics.json
+(the headline ones: DVC metrics), reports/samples.md, reports/summary.md and reports/plots/ (PNGs
+and DVC plot data). It also works on a model directory
 alone (`--set paths.model=DIR`), as long as its tokenizer is the one the token files were made with.
 """
 from __future__ import annotations
@@ -103,7 +104,8 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Pat
     live = plots.read_live(Path(train_live), params.train.tokens_per_step)
     plots.write_all(Path(plots_dir), live, ckpt_results, eva, baseline.as_dict()["val_loss"])
     write_text(samples_md, report.samples_markdown(samples_out, ev))
-    files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": cost, "train": train_report}
+    files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": cost, "train": train_report,
+             "metrics": metrics}
     write_text(summary_md, report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files))
     used = {k: params.section(k) for k in ("paths", "model", "evaluate")}
     used["train"] = {"device": params.train.device, "tokens_per_step": params.train.tokens_per_step}

@@ -220,10 +220,11 @@ def _cost(eva: dict[str, Any]) -> list[str]:
 
 def _files(model_dir: Path, ckpt_dir: Path, files: dict[str, Path]) -> list[str]:
     return ["## Files", "",
-            f"- `{files['eval']}`: every number above (`dvc metrics show`)",
+            f"- `{files['eval']}`: every number above; the headline ones in `{files['metrics']}` "
+            "(`dvc metrics show`, `dvc exp show`)",
             f"- `{files['samples']}`: all samples",
             f"- `{files['plots']}/`: loss.png, checkpoints.png, estimate_vs_actual.png and their CSV data "
-            "(`dvc plots show`)",
+            "(`dvc plots show` shows the loss curves and the two pictures)",
             f"- `{files['cost']}`, `{files['train']}`: the estimate and the training report",
             f"- `{model_dir}`: the model and tokenizer (`AutoModelForCausalLM.from_pretrained`)",
             f"- `{ckpt_dir}/`: kept checkpoints"]

@@ -254,3 +254,11 @@ def test_a_plan_over_its_cap_is_reported_and_the_cap_lifted():
     assert proof.status == "out of memory" and proof.steps == 0
     big = torch.empty(int(1.5 * GIB), dtype=torch.uint8, device="cuda")  # the cap is gone
     del big
+
+
+def test_make_gpu_check_runs_this_check_on_the_device_asked_for():
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    dry = subprocess.run(["make", "-s", "-n", "gpu-check", "DEVICE=cpu"], cwd=root, capture_output=True, text=True)
+    assert dry.returncode == 0 and "-m pipeline.gpucheck --device cpu" in dry.stdout
