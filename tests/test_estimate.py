@@ -291,8 +291,8 @@ def test_calibrated_checkpointing_is_not_counted_twice(tmp_path):
                "train.tokens_per_step=256", "train.max_steps=10", "train.activation_checkpointing=true")
     rate = float(re.search(r"calibrated: ([\d,]+) tokens/s", cost["mfu_source"]).group(1).replace(",", ""))
     assert cost["plan"]["activation_checkpointing"] and cost["recompute_factor"] == pytest.approx(4 / 3)
-    assert cost["tokens_per_second"] == pytest.approx(rate, rel=1e-3)
-    assert cost["step_hours"] == pytest.approx(cost["tokens"] / rate / 3600, rel=1e-3)
+    assert cost["tokens_per_second"] == pytest.approx(rate, abs=1.0)  # the message rounds to a token/s
+    assert cost["step_hours"] == pytest.approx(cost["tokens"] / rate / 3600, rel=1e-2)
 
 
 def test_catalog_mfu_with_checkpointing_is_lowered_once(tokens, tmp_path):

@@ -22,28 +22,40 @@ def stage(name: str, demo_tokens, base, *overrides: str):
 
 
 def test_a_run_heading_over_budget_stops_then_resumes_when_the_budget_is_raised(demo_tokens, tmp_path):
-    # an optimistic MFU lets the gate pass a budget of a fraction of a second; the real rate cannot
+    # $1 per second of training and an optimistic MFU: the gate passes a $1 budget, the real rate
+    # (however fast this machine) projects far more; dollars, not hours, so no clock decides first
     run = ("train.max_steps=300", "train.eval_every=150", "train.checkpoint_every=150", "cost.mfu=0.99",
-           "cost.pricing=owned")
-    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_hours=0.001").returncode == 0
-    stopped = stage("train", demo_tokens, tmp_path, *run, "cost.budget_hours=0.001")
+           "cost.pricing=on_demand", "cost.usd_per_hour=3600", "cost.budget_hours=null", "cost.budget_kwh=null")
+    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_usd=1").returncode == 0
+    stopped = stage("train", demo_tokens, tmp_path, *run, "cost.budget_usd=1")
     assert stopped.returncode == 3, stopped.stderr
     message = stopped.stderr.strip().splitlines()[-1]
-    assert "heads over budget" in message and "projected > cost.budget_hours" in message
+    assert "heads over budget" in message and "projected > cost.budget_usd $1" in message
     assert "train.max_tokens:" in message and "cost.override_budget" in message and "Saved " in message
     first = report(tmp_path)
-    assert first["stop_reason"] == "over_budget" and first["steps"] >= GUARD_FIRST_STEPS
-    assert first["budget_guard"]["projected"]["hours"] > 0.001 * 1.1
+    assert first["stop_reason"] == "over_budget" and first["steps"] == first["budget_guard"]["step"]
+    assert first["steps"] <= GUARD_FIRST_STEPS + 1  # the first projection decides
+    assert first["budget_guard"]["projected"]["usd"] > 1.1 and first["budget_guard"]["over"] == ["usd"]
     assert (tmp_path / "checkpoints" / f"step-{first['steps']:06d}").is_dir()
     assert not (tmp_path / "model").exists()
 
-    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_hours=1").returncode == 0
-    done = stage("train", demo_tokens, tmp_path, *run, "cost.budget_hours=1")
+    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_usd=1000000").returncode == 0
+    done = stage("train", demo_tokens, tmp_path, *run, "cost.budget_usd=1000000")
     assert done.returncode == 0, done.stderr
     final = report(tmp_path)
     assert final["resumed_from"] == f"step-{first['steps']:06d}" and final["steps"] == 300
     assert final["wall_hours"] > first["wall_hours"]  # what was spent before the stop counts
     assert final["budget_guard"]["spent_hours"] >= first["wall_hours"]
+
+
+def test_budget_hours_stop_the_run_however_the_rate_goes(demo_tokens, tmp_path):
+    run = ("train.max_steps=2000", "train.eval_every=1000", "train.checkpoint_every=1000", "cost.mfu=0.99",
+           "cost.pricing=owned", "cost.budget_hours=0.002")
+    assert stage("estimate", demo_tokens, tmp_path, *run).returncode == 0
+    stopped = stage("train", demo_tokens, tmp_path, *run)
+    assert stopped.returncode == 3, stopped.stderr
+    assert "cost.budget_hours" in stopped.stderr.strip().splitlines()[-1]
+    assert report(tmp_path)["stop_reason"] == "over_budget" and report(tmp_path)["steps"] < 2000
 
 
 def test_override_budget_lets_the_run_go(demo_tokens, tmp_path):
