@@ -165,6 +165,7 @@ def logs(stage):
     return {"job": f"logs/{stage.name}.log", **kept}
 
 
+STAGE_THREADS = min(workflow.cores, os.cpu_count() or 1)
 COMMAND = "python -m pipeline {params.stage} --params params.yaml --params {input.values} 2>&1 | tee {log.job}"
 
 
@@ -207,6 +208,10 @@ for stage in STAGES:
                 **logs(stage),
             params:
                 stage=stage.name,
+            # Snakemake sets OMP_NUM_THREADS (and the BLAS thread counts) to a job's threads, 1 unless
+            # declared: torch would train on one core. Every stage may use every core it is given.
+            threads:
+                STAGE_THREADS
             resources:
                 gpu=int(stage.gpu),
             shell:
@@ -225,6 +230,10 @@ for stage in STAGES:
                 **logs(stage),
             params:
                 stage=stage.name,
+            # Snakemake sets OMP_NUM_THREADS (and the BLAS thread counts) to a job's threads, 1 unless
+            # declared: torch would train on one core. Every stage may use every core it is given.
+            threads:
+                STAGE_THREADS
             resources:
                 gpu=int(stage.gpu),
             shell:
