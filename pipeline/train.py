@@ -564,13 +564,19 @@ class Trainer:
                   f"{self.params.model.n_embd} wide, context {self.context}, vocab {self.vocab})")
             print(f"tokens per step: {s.micro_batch_size} x {s.grad_accum_steps} accumulation x {s.world} "
                   f"process(es) x {self.context} = {self.cfg.tokens_per_step:,}; precision {s.precision} on "
-                  f"{s.device}; activation checkpointing {s.activation_checkpointing} ({s.settings_from})")
+                  f"{s.device}{self._threads()}; activation checkpointing {s.activation_checkpointing} "
+                  f"({s.settings_from})")
             if self.resumed_from:
                 print(f"resuming from {self.root / self.resumed_from} (step {self.step})")
             for line in self.quarantined:
                 print(f"kept aside as incomplete or corrupt: {self.root / line}")
 
     # ---- helpers
+    def _threads(self) -> str:
+        """On CPU, the threads torch computes with: a scheduler that sets OMP_NUM_THREADS=1 (Snakemake
+        does, for a job without `threads:`) halves a 2-core machine's speed without a word."""
+        return f" ({torch.get_num_threads()} threads)" if self.setup.device == "cpu" else ""
+
     def _check_precision(self) -> None:
         if self.ran_precision is None:
             self.ran_precision = self.step_fn.ran_precision
