@@ -123,6 +123,9 @@ def _both_drivers_matrix(driver, work: Path) -> None:
     _set(work, "cost.budget_hours", 1.0)
     _expect(driver, work, "the budget fixed", ["estimate", "train", "evaluate"])
     assert {p.name for p in (work / "models/final").iterdir()} == MODEL_FILES
+    # Snakemake sets OMP_NUM_THREADS to a job's threads: undeclared, torch would train on one core
+    threads = min(2, os.cpu_count() or 1)  # the --cores this test gives
+    assert f"on cpu ({threads} threads)" in (work / "logs/train.log").read_text()
 
     corpus = work / CORPUS
     _later(corpus)
