@@ -2,12 +2,13 @@
 (the same cache as the detected CPU, pipeline/cpuinfo.py), so the next estimate of the same run
 shape on the same device uses a measurement instead of the catalog's assumption.
 
-    key = calibration.key_for(device, params.model, vocab, plan)
+    key = calibration.key_for(device, params.model, vocab, plan, params.train.optimizer)
     calibration.remember(key, mfu=0.41, wall_over_steps=1.12, tokens_per_second=2300.0)
     calibration.recall(key)   # -> Learned | None
 
 A key holds the device (with its detected fingerprint, for a CPU) and everything the speed of a
-step depends on: model shape, vocabulary, precision, micro-batch, activation checkpointing.
+step depends on: architecture and shape, vocabulary, optimizer, precision, micro-batch,
+activation checkpointing.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ class Learned:
         return asdict(self)
 
 
-def key_for(device: Device, model: Model, vocab_size: int, plan) -> str:
+def key_for(device: Device, model: Model, vocab_size: int, plan, optimizer: str) -> str:
     machine = device.name + (f"@{device.detected['fingerprint']}" if device.detected else "")
-    shape = f"L{model.n_layer}xD{model.n_embd}xH{model.n_head}xT{model.context}xV{vocab_size}"
+    shape = (f"{model.architecture}:L{model.n_layer}xD{model.n_embd}xH{model.n_head}xT{model.context}xV{vocab_size}"
+             f"/{optimizer}")
     layout = (f"{plan.precision}/mb{plan.micro_batch_size}x{plan.grad_accum_steps}"
               f"{'/ckpt' if plan.activation_checkpointing else ''}")
     return f"{machine}|{shape}|{layout}"

@@ -186,8 +186,9 @@ def _read_text(file: Path, label: str) -> str:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = load_model(model, path / WEIGHTS, strict=False)
-    # save_pretrained stores the tied lm_head once, as the token embedding
-    missing = [k for k in missing if k != "lm_head.weight"]
+    # save_pretrained stores a tied lm_head once, as the token embedding; an untied one is its own tensor
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise CorruptCheckpoint(f"{path.name}/{WEIGHTS} does not fit this model "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

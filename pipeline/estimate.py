@@ -172,9 +172,10 @@ class Work:
     """What a run computes: model FLOPs of its optimizer steps, and the forward FLOPs of the
     validations the train stage runs every train.eval_every steps and at the end."""
 
-    def __init__(self, params: Params, plan: Plan, flops_per_token: float, tokens: int, eval_tokens: int):
+    def __init__(self, params: Params, plan: Plan, flops_per_token: float, tokens: int, eval_tokens: int,
+                 vocab: int):
         self.params, self.plan, self.flops_per_token = params, plan, flops_per_token
-        self.tokens, self.eval_tokens = tokens, eval_tokens
+        self.tokens, self.eval_tokens, self.vocab = tokens, eval_tokens, vocab
 
     @classmethod
     def of(cls, params: Params, plan: Plan, manifest: TokenManifest, tokens: int | None = None) -> Work:
@@ -185,7 +186,7 @@ class Work:
         windows = min(params.train.eval_batches * params.train.tokens_per_step // params.model.context,
                       max(1, (manifest.val_tokens - 1) // params.model.context))
         return cls(params, plan, compute.flops_per_token(params.model, manifest.vocab_size), tokens,
-                   evals * windows * params.model.context)
+                   evals * windows * params.model.context, manifest.vocab_size)
 
     @property
     def flops(self) -> float:
@@ -194,6 +195,11 @@ class Work:
     @property
     def recompute(self) -> float:
         return RECOMPUTE_FACTOR if self.plan.activation_checkpointing else 1.0
+
+    @property
+    def optimizer_flops(self) -> float:
+        steps = self.tokens // self.params.train.tokens_per_step
+        return steps * compute.optimizer_flops_per_step(self.params.model, self.vocab, self.params.train.optimizer)
 
     @property
     def eval_flops(self) -> float:
@@ -207,7 +213,9 @@ def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hou
     an earlier run) where there is one, else the validations' forward FLOPs."""
     cost = params.cost
     peak = device.peak_flops[work.plan.precision] * cost.num_devices
-    step_hours = work.flops / (peak * mfu) / 3600
+    # Muon's Newton-Schulz iterations are matmuls torch.optim.Muon runs in bf16, outside model FLOPs
+    optimizer_hours = work.optimizer_flops / (device.peak_flops["bf16"] * cost.num_devices * mfu) / 3600
+    step_hours = work.flops / (peak * mfu) / 3600 + optimizer_hours
     if wall_over_steps:
         hours = step_hours * wall_over_steps
     else:
@@ -226,7 +234,8 @@ def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hou
             "tokens_per_second": work.tokens / (step_hours * 3600) if step_hours else 0.0,
             "usd": usd, "usd_per_hour": usd / hours if hours else None, "usd_basis": basis,
             "kwh": kwh, "co2_kg": kwh * cost.grid_gco2_per_kwh / 1000, "peak_flops": peak / cost.num_devices,
-            "flops": work.flops, "executed_flops": work.flops * work.recompute + work.eval_flops,
+            "flops": work.flops,
+            "executed_flops": work.flops * work.recompute + work.eval_flops + work.optimizer_flops,
             "eval_flops": work.eval_flops, "recompute_factor": work.recompute}
 
 
@@ -240,8 +249,8 @@ def _mfu(params: Params, device: Device, fit: Fit, manifest: TokenManifest) -> t
         return (*calibrate(params, fit.plan, device, manifest.vocab_size, manifest.eot_token_id), None)
     if cost.mfu is not None:
         return cost.mfu, "params: cost.mfu", None
-    learned = calibration.recall(calibration.key_for(device, params.model, manifest.vocab_size, fit.plan)) \
-        if cost.learn_mfu else None
+    key = calibration.key_for(device, params.model, manifest.vocab_size, fit.plan, params.train.optimizer)
+    learned = calibration.recall(key) if cost.learn_mfu else None
     if learned:
         return (learned.mfu, f"learned: measured by the train stage on this machine at {learned.measured_at} "
                              f"({learned.tokens_per_second:,.0f} tokens/s, wall time {learned.wall_over_steps:.3g}x "

@@ -366,7 +366,9 @@ def generate_samples(net: PreTrainedModel, tok, prompts: list[str], prompt_ids: 
 
 def describe_model(net: PreTrainedModel, model_dir: Path, fingerprint: str) -> dict[str, Any]:
     config = net.config.to_dict()
-    keys = ("model_type", "n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
+    keys = ("model_type", "n_layer", "n_embd", "n_head", "n_positions",     # GPT-2's names
+            "num_hidden_layers", "hidden_size", "num_attention_heads", "max_position_embeddings",  # Llama/Qwen3's
+            "vocab_size")
     return {"dir": str(model_dir), "parameters": count_parameters(net),
             **{k: config[k] for k in keys if k in config}, "weights_sha256": fingerprint}
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from pipeline import compute
 from pipeline.errors import PipelineError
 from pipeline.hardware import GIB, Device
-from pipeline.model import gpt2_config
 from pipeline.params import Params
 from pipeline.record import Record
 
@@ -137,12 +136,12 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
     checkpointing = [False, True] if train.activation_checkpointing == "auto" or auto else \
         [train.activation_checkpointing]
     usable = int(device.memory_bytes * (1 - cost.memory_headroom))
-    activation = gpt2_config(params.model, vocab, eos_token_id=0).activation_function
     last = None
     for ckpt in checkpointing:
         for micro in micros:
-            memory = compute.training_memory(params.model, vocab, micro, precision, ckpt, activation=activation,
-                                             device_kind=device.kind, runtime_bytes=device.runtime_overhead_bytes)
+            memory = compute.training_memory(params.model, vocab, micro, precision, ckpt,
+                                             optimizer=params.train.optimizer, device_kind=device.kind,
+                                             runtime_bytes=device.runtime_overhead_bytes)
             plan = Plan.make(device=device.name, device_kind=device.kind, devices=cost.num_devices,
                              micro_batch_size=micro,
                              grad_accum_steps=seqs // micro, precision=precision, activation_checkpointing=ckpt,

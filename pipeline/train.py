@@ -523,7 +523,7 @@ class Trainer:
         summary = self.meter.summary(self.ran_precision or self.setup.precision)
         if summary["mfu"] and self.meter.step_seconds:
             device = hardware.get_device(self.params.cost)
-            calibration.remember(calibration.key_for(device, self.params.model, self.vocab, self.setup),
+            calibration.remember(calibration.key_for(device, self.params.model, self.vocab, self.setup, self.cfg.optimizer),
                                  mfu=summary["mfu"], wall_over_steps=self.meter.run_seconds() / self.meter.step_seconds,
                                  tokens_per_second=summary["tokens_per_second"], step_seconds=self.meter.step_seconds)
 
