@@ -33,9 +33,13 @@ import importlib.util
 import json
 import math
 import os
+import pickle
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +66,13 @@ ABLATIONS = {  # one change at a time from either end
 SWEEPS = {"gpt2+adamw": ("train.lr", [1e-3, 2e-3, 4e-3]),
           "qwen3+muon": ("train.muon_lr", [0.01, 0.02, 0.04])}
 BASELINE = "gpt2+adamw"
+# model sizes: the demo's own, and ~30M parameters (9 x 512, 8 heads; 80 steps of the same 4,096
+# tokens). At 30M the baseline sweeps lower lrs (AdamW's best lr falls with width); Muon keeps the
+# demo's muon_lr (flat optimum 0.01-0.04 there), one point: less tuning for the candidate, not more.
+SIZES = {"demo": {"sets": [], "sweeps": SWEEPS},
+         "30m": {"sets": ["model.n_layer=9", "model.n_embd=512", "model.n_head=8", "train.max_steps=80",
+                          "train.warmup_steps=10"],
+                 "sweeps": {"gpt2+adamw": ("train.lr", [5e-4, 1e-3, 2e-3]), "qwen3+muon": ("train.muon_lr", [0.02])}}}
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -102,7 +113,7 @@ def _write_text(corpus: Path) -> None:
 
 # --- one run (a child process) ---------------------------------------------------------------------
 
-def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str) -> dict:
+def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str, size: str) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -116,7 +127,8 @@ def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str) -
     from pipeline.tokens import MANIFEST_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    params = params_module.load(FILES, [*(RECIPES.get(recipe) or ABLATIONS[recipe]), *sets, f"train.seed={seed}",
+    params = params_module.load(FILES, [*SIZES[size]["sets"], *(RECIPES.get(recipe) or ABLATIONS[recipe]), *sets,
+                                        f"train.seed={seed}",
                                         f"train.precision={precision}", "train.device=cpu"])
     cfg, context = params.train, params.model.context
     tokens = base / "tokens"
@@ -169,7 +181,7 @@ def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str) -
             "model": params.section("model"), "train": params.section("train")}
 
 
-def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: int, steps: int) -> dict:
+def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: int, steps: int, size: str) -> dict:
     """Step time of each recipe, one step of each in turn in one process, so load from other
     processes hits both alike: the per-step cost without the drift between runs."""
     import torch
@@ -184,7 +196,8 @@ def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: in
     manifest = TokenManifest.read(base / "tokens" / MANIFEST_FILE)
     runners = {}
     for recipe, extra in sets.items():
-        params = params_module.load(FILES, [*RECIPES[recipe], *extra, f"train.precision={precision}"])
+        params = params_module.load(FILES, [*SIZES[size]["sets"], *RECIPES[recipe], *extra,
+                                            f"train.precision={precision}"])
         torch.manual_seed(0)
         model = build_model(params.model, manifest.vocab_size, manifest.eot_token_id)
         runners[recipe] = TrainStep(model, optimizer_for(model, params.train), precision=precision, device="cpu",
@@ -203,10 +216,89 @@ def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: in
     return {recipe: t[warmup:] for recipe, t in times.items()}
 
 
+# --- nanoGPT's train.py at the same shape, tokens and schedule: the outside reference -------------
+
+def nanogpt(base: Path, source: Path, sets: list[str]) -> dict:
+    """nanoGPT's train.py on the same token files, model shape, batch, lr schedule and optimizer
+    settings as the baseline (fp32: it never autocasts on CPU; compile off, bias on as GPT-2),
+    then its final checkpoint scored by its own model.py on the same val subset. nanoGPT seeds
+    torch with 1337 whatever it is given, so one run is all there is."""
+    import numpy as np
+    import torch
+
+    from pipeline import params as params_module
+    from pipeline.batches import stack_windows, val_starts
+    from pipeline.tokens import MANIFEST_FILE, VAL_FILE, TokenManifest, read_tokens
+
+    for done in load_runs("nanogpt-" + base.name):
+        if done["sets"] == sets:
+            return done
+    p = params_module.load(FILES, [*SIZES[SIZE]["sets"], *RECIPES[BASELINE], *sets])
+    m, t = p.model, p.train
+    vocab = TokenManifest.read(base / "tokens" / MANIFEST_FILE).vocab_size
+    with tempfile.TemporaryDirectory(prefix="nanogpt-") as tmp:
+        tmp = Path(tmp)
+        for name in ("train.py", "model.py", "configurator.py"):
+            shutil.copy(source / name, tmp / name)
+        data = tmp / "data" / "bench"
+        data.mkdir(parents=True)
+        for split in ("train", "val"):  # nanoGPT reads headerless uint16
+            np.asarray(read_tokens(base / "tokens" / f"{split}.bin"), dtype=np.uint16).tofile(data / f"{split}.bin")
+        with open(data / "meta.pkl", "wb") as fh:
+            pickle.dump({"vocab_size": vocab}, fh)
+        # its loop evaluates (and saves) at iter % eval_interval == 0 before that iter's step: the
+        # checkpoint at iter max_steps holds exactly max_steps updates
+        args = ["--dataset=bench", "--device=cpu", "--compile=False", "--dtype=float32", "--bias=True",
+                "--dropout=0.0", f"--n_layer={m.n_layer}", f"--n_head={m.n_head}", f"--n_embd={m.n_embd}",
+                f"--block_size={m.context}", f"--batch_size={t.tokens_per_step // m.context}",
+                "--gradient_accumulation_steps=1", f"--max_iters={t.max_steps}", f"--lr_decay_iters={t.max_steps}",
+                f"--learning_rate={t.lr}", f"--min_lr={t.min_lr}", f"--warmup_iters={t.warmup_steps}",
+                f"--weight_decay={t.weight_decay}", f"--beta1={t.beta1}", f"--beta2={t.beta2}",
+                f"--grad_clip={t.grad_clip}", f"--eval_interval={t.max_steps}", "--eval_iters=2", "--log_interval=1",
+                "--always_save_checkpoint=True", "--out_dir=out"]
+        done = subprocess.run([sys.executable, "train.py", *args], cwd=tmp, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"nanoGPT failed:\n{done.stderr[-2000:]}")
+        # iter 0's time includes the first evaluation, the last iter's the final one
+        times = [float(x) / 1000 for i, x in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", done.stdout, re.M)
+                 if 0 < int(i) < t.max_steps]
+        spec = importlib.util.spec_from_file_location("nanogpt_model", tmp / "model.py")
+        model_py = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(model_py)
+        ckpt = torch.load(tmp / "out" / "ckpt.pt", map_location="cpu", weights_only=False)
+        model = model_py.GPT(model_py.GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    assert ckpt["iter_num"] == t.max_steps, ckpt["iter_num"]
+    model.eval()
+    val = read_tokens(base / "tokens" / VAL_FILE)
+    subset = val_starts(base / "tokens" / VAL_FILE, m.context, EVAL_WINDOWS)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(subset), 16):
+            x, y = stack_windows(val, subset[i:i + 16], m.context)
+            total += model(x, y)[1].item() * x.numel()  # its mean loss over the batch
+    result = {"recipe": "nanoGPT train.py", "sets": sets, "steps": int(ckpt["iter_num"]),
+              "final_loss": total / (len(subset) * m.context), "step_walls": times, "parameters": model.get_num_params(False)}
+    runs_file("nanogpt-" + base.name).parent.mkdir(parents=True, exist_ok=True)
+    with open(runs_file("nanogpt-" + base.name), "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    return result
+
+
 # --- the driver ------------------------------------------------------------------------------------
 
+SIZE = "demo"  # --size, for the driver functions below
+# what the demo sweep picked (bench/README.md, 2026-12-01), for --lrs-from demo where its runs are
+# not on this machine (bench/out is not committed)
+DEMO_PICKS = {BASELINE: ["train.lr=0.002"], "qwen3+muon": ["train.lr=0.002", "train.muon_lr=0.02"]}
+
+
 def runs_file(data: str) -> Path:
-    return OUT / data / "runs.jsonl"
+    return OUT / data / ("runs.jsonl" if SIZE == "demo" else f"runs-{SIZE}.jsonl")
+
+
+def steptime_file(data: str, precision: str) -> Path:
+    return OUT / data / (f"steptime-{precision}.json" if SIZE == "demo" else f"steptime-{SIZE}-{precision}.json")
 
 
 def load_runs(data: str) -> list[dict]:
@@ -218,7 +310,7 @@ def run(data: str, recipe: str, seed: int, sets: list[str], precision: str) -> d
     for done in load_runs(data):
         if (done["recipe"], done["seed"], done["sets"], done["precision"]) == (recipe, seed, sets, precision):
             return done
-    cmd = [sys.executable, __file__, "--child", recipe, "--seed", str(seed), "--data", data,
+    cmd = [sys.executable, __file__, "--child", recipe, "--seed", str(seed), "--data", data, "--size", SIZE,
            "--precision", precision, *[a for s in sets for a in ("--set", s)]]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -236,7 +328,7 @@ def run(data: str, recipe: str, seed: int, sets: list[str], precision: str) -> d
 
 def best_sets(data: str, recipe: str, precision: str, given: dict[str, list[str]]) -> list[str]:
     """The sweep point with the lowest final subset loss (seed 0), with what it was swept on top of."""
-    key, values = SWEEPS[recipe]
+    key, values = SIZES[SIZE]["sweeps"][recipe]
     base = given.get(recipe, [])
     scored = [(r["evals"][-1]["loss"], r["sets"]) for r in load_runs(data)
               if r["recipe"] == recipe and r["seed"] == 0 and r["precision"] == precision
@@ -247,17 +339,19 @@ def best_sets(data: str, recipe: str, precision: str, given: dict[str, list[str]
 
 
 def sweep(data: str, precision: str) -> None:
-    key, values = SWEEPS[BASELINE]
+    key, values = SIZES[SIZE]["sweeps"][BASELINE]
     for v in values:
         run(data, BASELINE, 0, [f"{key}={v:g}"], precision)
     baseline = best_sets(data, BASELINE, precision, {})
     # the candidate keeps the baseline's best AdamW lr for its embeddings, head and gains
-    key, values = SWEEPS["qwen3+muon"]
+    key, values = SIZES[SIZE]["sweeps"]["qwen3+muon"]
     for v in values:
         run(data, "qwen3+muon", 0, baseline + [f"{key}={v:g}"], precision)
 
 
 def chosen(data: str, precision: str) -> dict[str, list[str]]:
+    if data == "demo" and SIZE == "demo" and not any(r["seed"] == 0 for r in load_runs(data)):
+        return DEMO_PICKS
     baseline = best_sets(data, BASELINE, precision, {})
     return {BASELINE: baseline, "qwen3+muon": best_sets(data, "qwen3+muon", precision, {"qwen3+muon": baseline})}
 
@@ -324,6 +418,9 @@ def table(data: str, precision: str, seeds: list[int], lrs_from: str) -> str:
                      f"{statistics.median(final_losses):.4f} ({min(final_losses):.4f}-{max(final_losses):.4f}) | "
                      f"{med('tokens')} | {med('wall')} | {med('cpu')} | "
                      f"{statistics.median(statistics.median(r['step_walls']) for r in rs):.2f} |")
+    for r in load_runs("nanogpt-" + data):
+        lines.append(f"| {r['recipe']} (outside reference, fp32, one run: it fixes its seed) | {' '.join(r['sets'])} | "
+                     f"{r['parameters']:,} | - | {r['final_loss']:.4f} | - | - | - | {statistics.median(r['step_walls']):.2f} |")
     if cost.get(BASELINE) and cost.get("qwen3+muon"):
         b, c = cost[BASELINE], cost["qwen3+muon"]
         lines += ["", f"qwen3+muon / {BASELINE}, medians over seeds {seeds}: tokens {c['tokens'] / b['tokens']:.2f}x, "
@@ -334,7 +431,7 @@ def table(data: str, precision: str, seeds: list[int], lrs_from: str) -> str:
                 hb = full_run(pair[BASELINE])
                 lines.append(f"  seed {seed}: tokens {hc['tokens'] / hb['tokens']:.2f}x, wall "
                              f"{hc['wall'] / hb['wall']:.2f}x, CPU {hc['cpu'] / hb['cpu']:.2f}x")
-    steptime = OUT / data / f"steptime-{precision}.json"
+    steptime = steptime_file(data, precision)
     if steptime.is_file() and cost.get(BASELINE) and cost.get("qwen3+muon"):
         times = json.loads(steptime.read_text())
         ratio = statistics.median(a / b for a, b in zip(times["qwen3+muon"], times[BASELINE]))
@@ -343,7 +440,7 @@ def table(data: str, precision: str, seeds: list[int], lrs_from: str) -> str:
                      f"{len(times[BASELINE])} pairs), so wall to target ~ {tokens:.2f} x {ratio:.2f} = {tokens * ratio:.2f}x")
     sweeps = [r for r in runs if r["seed"] == 0]
     lines += ["", "| sweep and ablations (seed 0) | params | final subset loss | bits/byte | tokens to target | "
-                  "step wall s (120 steps) |",
+                  "step wall s (whole run) |",
               "|" + " --- |" * 6]
     for r in sweeps:
         h = reach(r["evals"], target)
@@ -355,29 +452,37 @@ def table(data: str, precision: str, seeds: list[int], lrs_from: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", nargs="?", choices=["sweep", "final", "table", "ablate", "steptime"])
+    parser.add_argument("command", nargs="?", choices=["sweep", "final", "table", "ablate", "steptime", "nanogpt"])
+    parser.add_argument("--nanogpt", type=Path, help="nanogpt: a nanoGPT checkout (train.py, model.py, configurator.py)")
     parser.add_argument("--data", choices=["demo", "text"], default="demo")
     parser.add_argument("--seeds", default="1,2,3", help="final runs' seeds (the sweep and ablations use 0)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--size", choices=list(SIZES), default="demo", help="the model size (see SIZES)")
     parser.add_argument("--lrs-from", choices=["demo", "text"], help="final/table: the lrs another --data's sweep chose")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path[0] = str(ROOT)
+    global SIZE
+    SIZE = args.size
     base = prepare(args.data)
     if args.child:
-        print("RESULT " + json.dumps(child(base, args.child, args.seed, args.set, args.precision)))
+        print("RESULT " + json.dumps(child(base, args.child, args.seed, args.set, args.precision, args.size)))
         return
     if args.command == "steptime":
-        times = alternate(base, chosen(args.lrs_from or args.data, args.precision), args.precision, 3, 30)
-        (OUT / args.data / f"steptime-{args.precision}.json").write_text(json.dumps(times))
+        times = alternate(base, chosen(args.lrs_from or args.data, args.precision), args.precision, 3, 30, SIZE)
+        steptime_file(args.data, args.precision).write_text(json.dumps(times))
         med = {recipe: statistics.median(t) for recipe, t in times.items()}
         for recipe, t in times.items():
             print(f"{recipe}: median {med[recipe]:.3f} s/step, best {min(t):.3f} s ({len(t)} alternating steps)")
         print(f"qwen3+muon / {BASELINE} step time: {med['qwen3+muon'] / med[BASELINE]:.2f}x (medians), "
               f"{statistics.median(a / b for a, b in zip(times['qwen3+muon'], times[BASELINE])):.2f}x (median of pairs)")
         return
+    if args.command == "nanogpt":
+        r = nanogpt(base, args.nanogpt, chosen(args.lrs_from or args.data, args.precision)[BASELINE])
+        print(f"nanoGPT train.py {' '.join(r['sets'])}: final subset loss {r['final_loss']:.4f} after {r['steps']} "
+              f"steps, median step {statistics.median(r['step_walls']):.3f} s")
     if args.command == "sweep":
         sweep(args.data, args.precision)
     elif args.command == "final":

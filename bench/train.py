@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "train"
 CONFIGS = {  # name -> (n_layer, n_embd, n_head, context, micro-batch, warm-up steps, measured steps, vocab)
     "tiny": (4, 256, 4, 256, 8, 3, 10, None),      # vocab None: the demo tokenizer's
+    "demo": (4, 256, 4, 256, 16, 3, 12, None),     # params/demo.yaml's model and step (4,096 tokens)
     "gpt2": (12, 768, 12, 1024, 1, 1, 3, 50257),
 }
 
@@ -79,14 +80,16 @@ def tokens_for(data: Path, vocab: int | None) -> Path:
 def child(impl: str, config: str, precision: str, data: Path, nanogpt: Path | None, warmup: int, steps: int) -> dict:
     n_layer, n_embd, n_head, context, micro, _, _, vocab = CONFIGS[config]
     tokens = tokens_for(data, vocab)
+    impl, compiled = impl.removesuffix("+compile"), impl.endswith("+compile")
     if impl == "nanogpt":
-        return run_nanogpt(nanogpt, tokens, config, warmup, steps)
+        return run_nanogpt(nanogpt, tokens, config, warmup, steps, compiled)
     from pipeline import params as params_module
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-{impl}-", dir=OUT))
     params = params_module.load([ROOT / "params.yaml", ROOT / "params" / "demo.yaml"], [
         f"paths.tokens={tokens}", f"paths.tokenizer={data / 'tokenizer'}", f"paths.reports={work / 'reports'}",
         f"paths.checkpoints={work / 'checkpoints'}", f"paths.model={work / 'model'}",
+        "model.architecture=gpt2", "train.optimizer=adamw", f"train.compile={str(compiled).lower()}",  # nanoGPT's model
         f"model.n_layer={n_layer}", f"model.n_embd={n_embd}", f"model.n_head={n_head}", f"model.context={context}",
         f"train.tokens_per_step={micro * context}", f"train.micro_batch_size={micro}", f"train.precision={precision}",
         "train.device=cpu", "train.activation_checkpointing=false", f"train.max_steps={warmup + steps}",
@@ -209,7 +212,7 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
             "median_of_pair_ratios": statistics.median(b / a for a, b in zip(stage_times[warmup:], bare_times[warmup:]))}
 
 
-def run_nanogpt(source: Path, tokens: Path, config: str, warmup: int, steps: int) -> dict:
+def run_nanogpt(source: Path, tokens: Path, config: str, warmup: int, steps: int, compiled: bool = False) -> dict:
     import numpy as np
 
     from pipeline.tokens import read_tokens
@@ -226,7 +229,7 @@ def run_nanogpt(source: Path, tokens: Path, config: str, warmup: int, steps: int
             np.asarray(read_tokens(tokens / f"{split}.bin"), dtype=np.uint16).tofile(data / f"{split}.bin")
         with open(data / "meta.pkl", "wb") as fh:
             pickle.dump({"vocab_size": vocab}, fh)
-        args = ["--dataset=bench", "--device=cpu", "--compile=False", "--dtype=float32", "--bias=True",
+        args = ["--dataset=bench", "--device=cpu", f"--compile={compiled}", "--dtype=float32", "--bias=True",
                 "--dropout=0.0", f"--n_layer={n_layer}", f"--n_head={n_head}", f"--n_embd={n_embd}",
                 f"--block_size={context}", f"--batch_size={micro}", "--gradient_accumulation_steps=1",
                 f"--max_iters={warmup + steps - 1}", "--eval_interval=100000", "--eval_iters=1",
@@ -247,6 +250,8 @@ def main() -> None:
     parser.add_argument("--configs", default="tiny,gpt2")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--steps", help="WARMUP,MEASURED steps per run, overriding the config's")
+    parser.add_argument("--compile", action="store_true",
+                        help="also the stage and nanoGPT under torch.compile (pipeline+compile, nanogpt+compile)")
     parser.add_argument("--ab", nargs=2, metavar=("CONFIG", "PRECISION"), help="stage step vs bare step, interleaved")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "CONFIG", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,6 +270,8 @@ def main() -> None:
     for config in args.configs.split(","):
         for precision in args.precisions.split(","):
             impls = ["pipeline", "minimal"] + (["nanogpt"] if args.nanogpt and precision == "fp32" else [])
+            if args.compile:
+                impls += ["pipeline+compile"] + (["nanogpt+compile"] if "nanogpt" in impls else [])
             plan += [(impl, config, precision) for impl in impls]
     results: dict[tuple[str, str, str], list[dict]] = {key: [] for key in plan}
     for round_ in range(args.rounds):
@@ -306,7 +313,23 @@ def table(results: dict[tuple[str, str, str], list[dict]]) -> str:
         rows.append(f"| {config} ({n_layer}x{n_embd}, ctx {context}, batch {micro}) | {precision} | "
                     + " | ".join(f"{cell(median, i)} ({cell(best, i)})" for i in ("pipeline", "minimal", "nanogpt"))
                     + f" | {ratio('minimal')} | {ratio('nanogpt')} | {share:.1%} |")
-    return "\n".join(rows) + "\n\nmedian of run medians (best single step)"
+    return "\n".join(rows + ["", "median of run medians (best single step)", ""] + against_nanogpt(results))
+
+
+def against_nanogpt(results: dict[tuple[str, str, str], list[dict]]) -> list[str]:
+    """Every implementation and precision against nanoGPT's train.py as it runs by default on a
+    CPU (fp32, no compile), per config."""
+    rows = ["| config | implementation | precision | tok/s median (best) | / nanoGPT fp32 |", "|" + " --- |" * 5]
+    for config in dict.fromkeys(c for _, c, _ in results):
+        micro, context = CONFIGS[config][4], CONFIGS[config][3]
+        rate = {(i, p): micro * context / statistics.median(statistics.median(x["times"]) for x in r)
+                for (i, c, p), r in results.items() if c == config}
+        best = {(i, p): micro * context / min(min(x["times"]) for x in r) for (i, c, p), r in results.items() if c == config}
+        base = rate.get(("nanogpt", "fp32"))
+        for key in rate:
+            rows.append(f"| {config} | {key[0]} | {key[1]} | {rate[key]:,.0f} ({best[key]:,.0f}) | "
+                        + (f"{rate[key] / base:.2f}x |" if base else "- |"))
+    return rows
 
 
 if __name__ == "__main__":

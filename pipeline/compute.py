@@ -16,8 +16,20 @@ from pipeline.model import activation_of, mlp_width
 from pipeline.params import Model
 
 # torch.optim.Muon's defaults (torch/optim/_muon.py, from Keller Jordan's Muon): five quintic
-# Newton-Schulz iterations, in bf16
+# Newton-Schulz iterations
 NS_STEPS = 5
+ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def newton_schulz_precision(device_kind: str, bf16_native: bool) -> str:
+    """What Muon's Newton-Schulz iterations run in on a device: bf16, as torch.optim.Muon does, where
+    the device multiplies bf16 natively; else fp16 on a GPU (a T4's tensor cores) and fp32 on a CPU.
+    An emulated bf16 matmul is several times slower than fp32 on a CPU without AVX512-bf16/AMX and
+    has no tensor cores on a T4. The iterate is normalized to spectral norm <= 1 first, so fp16's
+    range holds it (pipeline/step.py runs it)."""
+    if bf16_native:
+        return "bf16"
+    return "fp16" if device_kind == "cuda" else "fp32"
 
 
 def _untied(model: Model) -> bool:
@@ -77,7 +89,7 @@ def optimizer_flops_per_step(model: Model, vocab_size: int, optimizer: str) -> f
     (m x n) matrix with m <= n NS_STEPS x (X X^T: 2m^2 n, A A: 2m^3, B X: 2m^2 n); AdamW's are
     elementwise (0 here). They are not model FLOPs (as recompute is not): MFU does not count them,
     so with muon a calibrated MFU comes out lower, and an estimate from a catalog MFU should add
-    them (at the bf16 rate: torch.optim.Muon iterates in bf16) per optimizer step."""
+    them (at the rate of newton_schulz_precision) per optimizer step."""
     if optimizer == "adamw":
         return 0.0
     if optimizer != "muon":
@@ -141,20 +153,23 @@ def optimizer_state_bytes(model: Model, vocab_size: int, optimizer: str) -> int:
     raise ValueError(f"no memory model for optimizer {optimizer!r}")
 
 
-def newton_schulz_workspace(model: Model) -> int:
-    """Peak bytes torch.optim.Muon allocates while it orthogonalizes its largest matrix (one at a
-    time, m <= n): the fp32 Nesterov update (4mn), the bf16 iterate X (2mn), X X^T and the
-    polynomial in it (2m^2 each) and the next iterate (2mn), all alive at once."""
-    return max(8 * m * n + 4 * m * m for m, n in
+def newton_schulz_workspace(model: Model, precision: str = "bf16") -> int:
+    """Peak bytes Muon allocates while it orthogonalizes its largest matrix (one at a time, m <= n)
+    with the iterations in `precision` (e bytes a value): the fp32 Nesterov update (4mn), the
+    iterate X (e mn), X X^T and the polynomial in it (e m^2 each) and the next iterate (e mn), all
+    alive at once."""
+    e = ELEMENT_BYTES[precision]
+    return max(4 * m * n + e * (2 * m * n + 2 * m * m) for m, n in
                ((min(r, c), max(r, c)) for r, c in hidden_matrix_shapes(model)))
 
 
 def training_memory(model: Model, vocab_size: int, micro_batch_size: int, precision: str,
                     checkpointing: bool, *, optimizer: str = "adamw", activation: str | None = None,
-                    device_kind: str = "cuda", attention: str = "sdpa", runtime_bytes: int = 0) -> Memory:
+                    device_kind: str = "cuda", attention: str = "sdpa", runtime_bytes: int = 0,
+                    newton_schulz: str = "bf16") -> Memory:
     """Peak memory of a training micro-step on one device.
 
-    optimizer is train.optimizer. activation is the MLP's activation function (None: the one
+    optimizer is train.optimizer; newton_schulz what Muon iterates in (newton_schulz_precision). activation is the MLP's activation function (None: the one
     params.model builds, pipeline.model.activation_of). device_kind matters under autocast for
     gelu_new: CUDA runs its pow in fp32 (the torch.amp op reference lists pow), CPU keeps fp16/bf16.
     """
@@ -195,7 +210,7 @@ def training_memory(model: Model, vocab_size: int, micro_batch_size: int, precis
         casts = head_casts + layers * layer_casts
     autocast_cache, activations, loss = 2 * casts, tokens * saved, peak
     # the update runs after backward freed the activations: only what it needs beyond them counts
-    step = newton_schulz_workspace(model) if optimizer == "muon" else 0
+    step = newton_schulz_workspace(model, newton_schulz) if optimizer == "muon" else 0
     return Memory(weights=4 * n, gradients=4 * n, optimizer=optimizer_state_bytes(model, vocab_size, optimizer),
                   autocast_cache=autocast_cache, activations=activations, loss=loss,
                   optimizer_step=max(0, step - (autocast_cache + activations + loss)), runtime=runtime_bytes)

@@ -93,12 +93,12 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     _check_settings(params, device)
 
     fit = plan_for(params, device, vocab)
-    mfu, mfu_source, wall_over_steps = _mfu(params, device, fit, manifest)
+    mfu, mfu_source, wall_over_steps, whole_steps = _mfu(params, device, fit, manifest)
     work = Work.of(params, fit.plan, manifest)
     figures = price(work, device, params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour,
-                    wall_over_steps=wall_over_steps)
+                    wall_over_steps=wall_over_steps, whole_steps=whole_steps)
     over = _over_budget(params, figures)
-    what_if = [_what_if_row(params, d, manifest, k, planned=(fit.plan, mfu) if d.name == device.name else None)
+    what_if = [_what_if_row(params, d, manifest, k, planned=(fit.plan, mfu, whole_steps) if d.name == device.name else None)
                for k in WHAT_IF_SCALES for d in devices.values()]
     report = CostReport.make(
         device=device.name, device_description=device.description, num_devices=params.cost.num_devices,
@@ -207,14 +207,16 @@ class Work:
 
 
 def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hour: float | None,
-          wall_over_steps: float | None = None) -> dict[str, Any]:
+          wall_over_steps: float | None = None, whole_steps: bool = False) -> dict[str, Any]:
     """Hours, dollars, kWh and CO2 of `work` on cost.num_devices devices at model FLOPs utilization
     `mfu`. The time outside the optimizer steps is a measured share (wall_over_steps, learned from
-    an earlier run) where there is one, else the validations' forward FLOPs."""
+    an earlier run) where there is one, else the validations' forward FLOPs. whole_steps: the MFU
+    was measured over whole optimizer steps (calibrated, learned), so their update is in it."""
     cost = params.cost
     peak = device.peak_flops[work.plan.precision] * cost.num_devices
-    # Muon's Newton-Schulz iterations are matmuls torch.optim.Muon runs in bf16, outside model FLOPs
-    optimizer_hours = work.optimizer_flops / (device.peak_flops["bf16"] * cost.num_devices * mfu) / 3600
+    # Muon's Newton-Schulz iterations: matmuls outside model FLOPs, in the device's own precision
+    ns_peak = device.peak_flops[compute.newton_schulz_precision(device.kind, device.bf16_native)]
+    optimizer_hours = 0.0 if whole_steps else work.optimizer_flops / (ns_peak * cost.num_devices * mfu) / 3600
     step_hours = work.flops / (peak * mfu) / 3600 + optimizer_hours
     if wall_over_steps:
         hours = step_hours * wall_over_steps
@@ -239,24 +241,26 @@ def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hou
             "eval_flops": work.eval_flops, "recompute_factor": work.recompute}
 
 
-def _mfu(params: Params, device: Device, fit: Fit, manifest: TokenManifest) -> tuple[float, str, float | None]:
-    """Model FLOPs utilization for this plan, where it came from, and the measured share of wall
-    time outside the steps if known: timed here (cost.calibrate), given (cost.mfu), learned from
-    an earlier run of this shape on this machine (cost.learn_mfu), or the catalog's assumption
-    lowered by the recompute of activation checkpointing."""
+def _mfu(params: Params, device: Device, fit: Fit,
+         manifest: TokenManifest) -> tuple[float, str, float | None, bool]:
+    """Model FLOPs utilization for this plan, where it came from, the measured share of wall time
+    outside the steps if known, and whether it was measured over whole optimizer steps: timed here
+    (cost.calibrate), given (cost.mfu), learned from an earlier run of this shape on this machine
+    (cost.learn_mfu), or the catalog's assumption lowered by the recompute of activation
+    checkpointing."""
     cost = params.cost
     if cost.calibrate and fit.fits:  # a plan that does not fit is refused below: nothing to time
-        return (*calibrate(params, fit.plan, device, manifest.vocab_size, manifest.eot_token_id), None)
+        return (*calibrate(params, fit.plan, device, manifest.vocab_size, manifest.eot_token_id), None, True)
     if cost.mfu is not None:
-        return cost.mfu, "params: cost.mfu", None
+        return cost.mfu, "params: cost.mfu", None, False
     key = calibration.key_for(device, params.model, manifest.vocab_size, fit.plan, params.train.optimizer)
     learned = calibration.recall(key) if cost.learn_mfu else None
     if learned:
         return (learned.mfu, f"learned: measured by the train stage on this machine at {learned.measured_at} "
                              f"({learned.tokens_per_second:,.0f} tokens/s, wall time {learned.wall_over_steps:.3g}x "
                              f"the step time; kept in {calibration.path()}; cost.learn_mfu: false ignores it)",
-                learned.wall_over_steps)
-    return (*_catalog_mfu(device, fit.plan), None)
+                learned.wall_over_steps, True)
+    return (*_catalog_mfu(device, fit.plan), None, False)
 
 
 def _catalog_mfu(device: Device, plan: Plan) -> tuple[float, str]:
@@ -297,22 +301,28 @@ def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_
     ids = torch.randint(0, vocab, (micro, params.model.context + 1), device=where)  # speed ignores content
     x, y = ids[:, :-1], ids[:, 1:]
 
-    def one_step() -> None:
-        step.micro(x, y, accum=1)
-        step.update()
+    def timed(work) -> float:
+        start = time.perf_counter()
+        work()
         if where == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    one_step()  # warm-up: allocator, kernels, lazy init
-    start = time.perf_counter()
+    timed(lambda: step.micro(x, y, accum=1))  # warm-up: allocator, kernels, lazy init, optimizer state
+    timed(step.update)
+    micro_seconds = update_seconds = 0.0
     for _ in range(params.cost.calibrate_steps):
-        one_step()
-    seconds = time.perf_counter() - start
-    rate = micro * params.model.context * params.cost.calibrate_steps / seconds
+        micro_seconds += timed(lambda: step.micro(x, y, accum=1))
+        update_seconds += timed(step.update)
+    # a planned step is its micro-batches and one update (Muon's Newton-Schulz is per step, not
+    # per token): the CPU's capped micro-batch counts as many times as a step holds it
+    micros_per_step = plan.micro_batch_size * plan.grad_accum_steps / micro
+    step_seconds = (micros_per_step * micro_seconds + update_seconds) / params.cost.calibrate_steps
+    rate = micros_per_step * micro * params.model.context / step_seconds
     mfu = compute.mfu(rate, compute.flops_per_token(params.model, vocab), device.peak_flops[plan.precision])
     return mfu, (f"calibrated: {rate:,.0f} tokens/s over {params.cost.calibrate_steps} steps of micro-batch "
-                 f"{micro} x {params.model.context} ({plan.precision}) on this {where}, "
-                 f"against {device.name}'s peak")
+                 f"{micro} x {params.model.context} ({plan.precision}) on this {where}, a step "
+                 f"{micros_per_step:g} of them and one update, against {device.name}'s peak")
 
 
 def _over_budget(params: Params, figures: dict[str, Any]) -> list[str]:
@@ -322,9 +332,10 @@ def _over_budget(params: Params, figures: dict[str, Any]) -> list[str]:
 
 
 def _what_if_row(params: Params, device: Device, manifest: TokenManifest, scale: int, *,
-                 planned: tuple[Plan, float] | None) -> dict[str, Any]:
+                 planned: tuple[Plan, float, bool] | None) -> dict[str, Any]:
     """One device at `scale` x the tokens, planned automatically, at its catalog MFU and price;
-    the run's own device (`planned`: its plan and MFU) at this run's MFU where the layout agrees."""
+    the run's own device (`planned`: its plan, MFU and whether that was measured over whole steps)
+    at this run's MFU where the layout agrees."""
     fit = plan_for(params, device, manifest.vocab_size, auto=True)
     pricing = params.cost.pricing
     if pricing == "owned" or device.usd_per_hour(pricing) is None:
@@ -333,7 +344,8 @@ def _what_if_row(params: Params, device: Device, manifest: TokenManifest, scale:
     same_layout = planned and planned[0].activation_checkpointing == fit.plan.activation_checkpointing
     mfu = planned[1] if same_layout else _catalog_mfu(device, fit.plan)[0]
     work = Work.of(params, fit.plan, manifest, tokens_to_train(params) * scale)
-    figures = price(work, device, row_params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour if planned else None)
+    figures = price(work, device, row_params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour if planned else None,
+                    whole_steps=bool(same_layout and planned[2]))
     return {"device": device.name, "scale": scale, "tokens": work.tokens, "fits": fit.fits, "plan": fit.plan,
             "peak_memory_bytes": fit.memory.total, "pricing": pricing, **figures}
 

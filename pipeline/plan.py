@@ -141,7 +141,9 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
         for micro in micros:
             memory = compute.training_memory(params.model, vocab, micro, precision, ckpt,
                                              optimizer=params.train.optimizer, device_kind=device.kind,
-                                             runtime_bytes=device.runtime_overhead_bytes)
+                                             runtime_bytes=device.runtime_overhead_bytes,
+                                             newton_schulz=compute.newton_schulz_precision(device.kind,
+                                                                                           device.bf16_native))
             plan = Plan.make(device=device.name, device_kind=device.kind, devices=cost.num_devices,
                              micro_batch_size=micro,
                              grad_accum_steps=seqs // micro, precision=precision, activation_checkpointing=ckpt,

@@ -16,12 +16,15 @@ scaler, the LR scheduler and the checkpoints treat as any optimizer.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.optim import _muon
 from transformers.pytorch_utils import Conv1D
 
+from pipeline.compute import newton_schulz_precision
 from pipeline.params import Train
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -81,13 +84,54 @@ def muon_adamw(model: torch.nn.Module, train: Train) -> MuonAdamW:
     hidden = hidden_matrices(model)
     ids = {id(p) for p in hidden}
     rest = [p for p in _trainable(model) if id(p) not in ids]
+    device = hidden[0].device if hidden else torch.device("cpu")
     return MuonAdamW(_muon_groups(model, hidden, train), _adamw_groups(rest, train), lr=train.lr,
-                     betas=(train.beta1, train.beta2), muon_lr=train.muon_lr, momentum=train.muon_momentum)
+                     betas=(train.beta1, train.beta2), muon_lr=train.muon_lr, momentum=train.muon_momentum,
+                     newton_schulz=newton_schulz_precision(device.type, bf16_native(device)))
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether this device multiplies bf16 natively: what PyTorch itself asks before it takes the
+    fast path (cuBLAS on sm_80+; oneDNN on CPUs with AVX512-bf16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def orthogonalize(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float,
+                  *, dtype: torch.dtype) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration (torch/optim/_muon.py,
+    _zeropower_via_newtonschulz, whose argument checks ran at construction) in `dtype` instead of
+    its fixed bf16. In bf16 it is that function operation for operation (tests/test_step.py)."""
+    a, b, c = ns_coefficients
+    x = grad.to(dtype, copy=True)
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))  # spectral norm <= 1: every value then fits fp16's range
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+@contextmanager
+def _newton_schulz_in(precision: str):
+    """torch.optim.Muon looks its Newton-Schulz function up by name at each step: run it in
+    `precision` for the duration of one step (bf16: torch's own, untouched)."""
+    if precision == "bf16":
+        yield
+        return
+    original = _muon._zeropower_via_newtonschulz
+    _muon._zeropower_via_newtonschulz = lambda *args: orthogonalize(*args, dtype=DTYPES[precision])
+    try:
+        yield
+    finally:
+        _muon._zeropower_via_newtonschulz = original
 
 
 class MuonAdamW(torch.optim.Optimizer):
     """torch.optim.Muon (github.com/KellerJordan/Muon; Nesterov momentum, then five Newton-Schulz
-    iterations in bf16 that orthogonalize the step) for the hidden matrices and fused
+    iterations that orthogonalize the step) for the hidden matrices and fused
     torch.optim.AdamW for everything else, as the one optimizer the train stage, GradScaler, the
     LR scheduler and the checkpoints see (as the Muon repository's MuonWithAuxAdam is one object):
 
@@ -102,10 +146,13 @@ class MuonAdamW(torch.optim.Optimizer):
       one may skip while the other steps; one object for both never applies half an update.)
     - state_dict() holds both optimizers' state dicts (Muon keeps one momentum buffer per
       matrix, AdamW exp_avg and exp_avg_sq), so a checkpoint resumes exactly.
+    - newton_schulz: what the iterations run in (pipeline.compute.newton_schulz_precision): torch's
+      bf16 where the device has it natively, fp16 on a T4, fp32 on a CPU without AVX512-bf16/AMX.
     """
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, lr: float,
-                 betas: tuple[float, float], muon_lr: float, momentum: float):
+                 betas: tuple[float, float], muon_lr: float, momentum: float, newton_schulz: str = "bf16"):
+        self.newton_schulz = newton_schulz
         self.adamw = torch.optim.AdamW([g for g in adamw_groups if g["params"]], lr=lr, betas=betas, fused=True)
         self.muon = torch.optim.Muon([g for g in muon_groups if g["params"]], lr=muon_lr, momentum=momentum,
                                      nesterov=True, adjust_lr_fn="original")
@@ -130,7 +177,8 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.adamw.step()
-        self.muon.step()
+        with _newton_schulz_in(self.newton_schulz):
+            self.muon.step()
         return loss
 
     def state_dict(self) -> dict:
@@ -176,7 +224,7 @@ class TrainStep:
     def micro(self, x: torch.Tensor, y: torch.Tensor, accum: int, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its (detached) mean loss. `model` may
         be a DDP-wrapped view of the same weights."""
-        loss, self.logits_dtype = loss_of(model or self.model, x, y, self.device, self.precision)
+        loss, self.logits_dtype = loss_of(self.model if model is None else model, x, y, self.device, self.precision)
         # every micro-batch holds the same number of tokens, so mean / accum is the step's mean
         self.scaler.scale(loss / accum).backward()
         return loss.detach()

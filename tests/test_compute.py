@@ -22,10 +22,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from pathlib import Path
 
 from pipeline import compute, params as params_module
-from pipeline.step import TrainStep, hidden_matrices, optimizer_for
+from pipeline.step import TrainStep, bf16_native, hidden_matrices, optimizer_for
 from pipeline.model import CONFIGS, build_model, count_parameters, model_config
 
 ROOT = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
 
 FLOP_TOLERANCE = 0.0025   # nanoGPT's 6N + attention is within 0.25% of the counter for GPT-2 small
 MEMORY_TOLERANCE = 0.03   # measured: within 1.6% over 56 configurations (2-3 layers, 64-128 wide)
@@ -156,17 +157,22 @@ def test_training_memory_matches_mem_tracker(precision, checkpointing, attention
     measured = tracked_peak(net, model, vocab, micro, precision, checkpointing, optimizer)
     estimate = compute.training_memory(model, vocab, micro, precision, checkpointing, optimizer=optimizer,
                                        device_kind="cpu", attention=attention,
-                                       activation=activation or compute.activation_of(model))
+                                       activation=activation or compute.activation_of(model),
+                                       newton_schulz=compute.newton_schulz_precision("cpu", bf16_native(CPU)))
     assert estimate.runtime == 0
     assert estimate.total == pytest.approx(measured, rel=MEMORY_TOLERANCE)
 
 
+@pytest.mark.parametrize("newton_schulz", ["bf16", "fp32"])
 @pytest.mark.parametrize("model", [shape(1, 128, 2, 8), qwen3(1, 128, 2, 8, mlp_width=1024)], ids=["gpt2", "qwen3"])
-def test_the_newton_schulz_workspace_where_it_sets_the_peak(model):
-    """One token-light step of a wide layer: the update, not the forward/backward, peaks."""
+def test_the_newton_schulz_workspace_where_it_sets_the_peak(model, newton_schulz, monkeypatch):
+    """One token-light step of a wide layer: the update, not the forward/backward, peaks; with the
+    iterations in bf16 (a CPU with AVX512-bf16 or AMX) and in fp32 (one without)."""
+    monkeypatch.setattr("pipeline.step.bf16_native", lambda device: newton_schulz == "bf16")
     vocab, micro = 64, 1
     measured = tracked_peak(built(model, vocab), model, vocab, micro, "fp32", False, "muon")
-    estimate = compute.training_memory(model, vocab, micro, "fp32", False, optimizer="muon", device_kind="cpu")
+    estimate = compute.training_memory(model, vocab, micro, "fp32", False, optimizer="muon", device_kind="cpu",
+                                       newton_schulz=newton_schulz)
     assert estimate.optimizer_step > MEMORY_TOLERANCE * measured  # without it the estimate would fail
     assert estimate.total == pytest.approx(measured, rel=MEMORY_TOLERANCE / 3)
 

@@ -69,7 +69,12 @@ def test_default_experiment_on_t4(tokens, tmp_path, capsys):
     assert cost["peak_memory_bytes"] == sum(cost["memory"].values())
     assert cost["tokens"] == 5000 * 20480 and cost["epochs"] == pytest.approx(1.024)
     assert cost["flops"] == pytest.approx(cost["tokens"] * cost["flops_per_token"])
-    assert cost["step_hours"] == pytest.approx(cost["flops"] / (65e12 * 0.20) / 3600)
+    # the default muon: its Newton-Schulz matmuls per step on top, at the fp16 rate (no native bf16)
+    newton_schulz = cost["executed_flops"] - cost["flops"] * cost["recompute_factor"] - cost["eval_flops"]
+    # per layer q, k, v, o (768 x 768) and gate, up, down (2048 x 768): 5 x (X X^T, A A, B X)
+    square, wide = 5 * (4 * 768 ** 3 + 2 * 768 ** 3), 5 * (4 * 768 ** 2 * 2048 + 2 * 768 ** 3)
+    assert newton_schulz == pytest.approx(5000 * 12 * (4 * square + 3 * wide))
+    assert cost["step_hours"] == pytest.approx((cost["flops"] + newton_schulz) / (65e12 * 0.20) / 3600)
     # validation: every 250 steps, 20 steps' worth of windows, forward only (2N of 6N FLOPs per token)
     assert cost["eval_flops"] == pytest.approx(20 * 20 * 20480 * cost["flops_per_token"] / 3)
     assert cost["hours"] == pytest.approx(cost["step_hours"] + cost["eval_flops"] / (65e12 * 0.20) / 3600)

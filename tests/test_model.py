@@ -74,9 +74,17 @@ def test_parameter_count_counts_a_tied_matrix_once(tied):
 
 
 def test_gpt2_small_has_124m_parameters():
-    gpt2 = params_module.load(["params.yaml"]).model
+    gpt2 = params_module.load(["params.yaml"], ["model.architecture=gpt2"]).model
     model = build_model(gpt2, vocab_size=50257, eos_token_id=50256)
     assert count_parameters(model) == expected_parameters(gpt2, 50257) == 124_439_808
+
+
+def test_the_default_is_a_gpt2_small_sized_qwen3():
+    """params.yaml's model: Qwen3 blocks at GPT-2 small's shape, within 1% of its parameters."""
+    default = params_module.load(["params.yaml"]).model
+    model = build_model(default, vocab_size=50257, eos_token_id=50256)
+    assert model.config.model_type == "qwen3"
+    assert count_parameters(model) == expected_qwen3_parameters(default, 50257) == 123_552_768
 
 
 @pytest.mark.parametrize("model", [TINY, QWEN3, QWEN3.model_copy(update={"tie_embeddings": False})],

@@ -280,3 +280,59 @@ def test_ddp_with_muon_matches_one_process_with_twice_the_accumulation(demo_toke
 
     assert distance(ddp, ref) < 0.01 * distance(ref, init)
     assert train_losses(tmp_path / "ddp") == pytest.approx(train_losses(single), abs=1e-3)
+
+
+def test_newton_schulz_in_bf16_is_torchs_own_and_in_fp32_or_fp16_close_to_it():
+    from torch.optim import _muon
+
+    # torch.optim.Muon looks the function up by this name at each step: the override point exists
+    assert "_zeropower_via_newtonschulz" in _muon._single_tensor_muon.__code__.co_names
+    coefficients = (_muon.DEFAULT_A, _muon.DEFAULT_B, _muon.DEFAULT_C)
+    torch.manual_seed(0)
+    for grad in (torch.randn(48, 96), torch.randn(96, 48)):
+        torchs = _muon._zeropower_via_newtonschulz(grad, coefficients, 5, 1e-7)
+        assert torch.equal(step.orthogonalize(grad, coefficients, 5, 1e-7, dtype=torch.bfloat16), torchs)
+        for dtype in (torch.float32, torch.float16):
+            ours = step.orthogonalize(grad, coefficients, 5, 1e-7, dtype=dtype)
+            assert ours.dtype == dtype and ours.shape == grad.shape
+            assert (ours.float() - torchs.float()).abs().max() < 0.02  # bf16 keeps 8 bits of mantissa
+            # the iteration pushes every singular value into about [0.7, 1.2]
+            singular = torch.linalg.svdvals(ours.float())
+            assert 0.6 < singular.min() and singular.max() < 1.3
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_muon_iterates_in_what_the_cpu_multiplies_natively(native, monkeypatch):
+    """bf16 (torch's own) on a CPU with AVX512-bf16/AMX, fp32 on one without, where emulated bf16
+    matmuls are several times slower than fp32; torch's function is back in place after the step."""
+    from torch.optim import _muon
+
+    monkeypatch.setattr(step, "bf16_native", lambda device: native)
+    net, train = _tiny_model("qwen3", "muon")
+    opt = step.optimizer_for(net, train)
+    assert opt.newton_schulz == ("bf16" if native else "fp32")
+    seen = []
+    original = _muon._zeropower_via_newtonschulz
+    monkeypatch.setattr(step, "orthogonalize", lambda *a, dtype: seen.append(dtype) or original(*a[:4]))
+    x = torch.randint(0, 32, (2, 8))
+    runner = step.TrainStep(net, opt, precision="fp32", device="cpu", grad_clip=1.0)
+    runner.micro(x, x, accum=1)
+    assert runner.update().applied
+    assert seen == ([] if native else [torch.float32] * len(step.hidden_matrices(net)))
+    assert _muon._zeropower_via_newtonschulz is original
+
+
+def test_a_compiled_model_steps_as_the_plain_one():
+    """train.compile hands TrainStep the torch.compile wrapper, which has no len(): the step must
+    not test it for truth. (backend="eager": dynamo's graph capture without inductor's codegen.)"""
+    net, train = _tiny_model()
+    twin = copy.deepcopy(net)
+    x = torch.randint(0, 32, (2, 8))
+    plain = step.TrainStep(net, step.optimizer_for(net, train), precision="fp32", device="cpu", grad_clip=1.0)
+    compiled = step.TrainStep(twin, step.optimizer_for(twin, train), precision="fp32", device="cpu", grad_clip=1.0)
+    wrapper = torch.compile(twin, backend="eager")
+    for _ in range(2):
+        expected = plain.micro(x, x, accum=1)
+        assert torch.allclose(compiled.micro(x, x, accum=1, model=wrapper), expected, atol=1e-6)
+        plain.update(), compiled.update()
+    assert max_difference(net.state_dict(), twin.state_dict()) < 1e-6

@@ -1,7 +1,11 @@
 """Helpers for the train-stage tests: a tiny GPT-2 on the demo corpus's real tokens.
 
 2 layers x 64 wide, context 64, 8 sequences (512 tokens) per optimizer step: a step costs
-milliseconds, so the tests can afford real training runs.
+milliseconds, so the tests can afford real training runs. The recipe is pinned to gpt2 + AdamW,
+whose fp32 loss curve is the same on every CPU to float rounding (tests/golden); Muon's Newton-
+Schulz precision follows the CPU (pipeline.compute.newton_schulz_precision). tests/test_step.py
+runs every architecture x optimizer through the stage, and the end-to-end tests (tests/tiny.yaml)
+run the default recipe.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from pipeline import params as params_module
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_FILES = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
 TINY = (
-    "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.context=64",
+    "model.architecture=gpt2", "train.optimizer=adamw", "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.context=64",
     "train.tokens_per_step=512", "train.micro_batch_size=8", "train.precision=fp32", "train.device=cpu",
     "train.activation_checkpointing=false", "train.lr=0.02", "train.min_lr=0.002", "train.warmup_steps=5",
     "train.max_steps=20", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10",
