@@ -560,8 +560,11 @@ class Trainer:
     def _announce(self) -> None:
         s = self.setup
         if self.acc.is_main_process:
-            print(f"model: {self.parameters:,} parameters ({self.params.model.n_layer} layers, "
-                  f"{self.params.model.n_embd} wide, context {self.context}, vocab {self.vocab})")
+            newton_schulz = getattr(self.optimizer, "newton_schulz", None)
+            print(f"model: {self.params.model.architecture}, {self.parameters:,} parameters "
+                  f"({self.params.model.n_layer} layers, {self.params.model.n_embd} wide, context {self.context}, "
+                  f"vocab {self.vocab}); optimizer {self.cfg.optimizer}"
+                  + (f" (Newton-Schulz in {newton_schulz})" if newton_schulz else ""))
             print(f"tokens per step: {s.micro_batch_size} x {s.grad_accum_steps} accumulation x {s.world} "
                   f"process(es) x {self.context} = {self.cfg.tokens_per_step:,}; precision {s.precision} on "
                   f"{s.device}{self._threads()}; activation checkpointing {s.activation_checkpointing} "
