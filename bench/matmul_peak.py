@@ -1,13 +1,13 @@
 """This machine's peak matmul FLOP/s per precision, and the demo model's training MFU against it.
 
     .venv/bin/python -m bench.matmul_peak [--seconds 1] [--size N]   # from the repository root
-    .venv/bin/python -m bench.matmul_peak --mfu [--steps 10]
+    .venv/bin/python -m bench.matmul_peak --mfu [--steps 10] [--set model.architecture=gpt2 --set train.optimizer=adamw]
 
 The peaks are measured as the `cpu` catalog entry measures them (pipeline.cpuinfo, on the cores
 this process may use), but never cached: `python -m pipeline.cpuinfo --refresh` renews the entry's.
 --size times that one size instead of choosing one. --mfu then times optimizer steps of
-params/demo.yaml's model with the train stage's own step (pipeline/step.py: GPT2LMHeadModel,
-fused AdamW, 16 sequences of 256 tokens: its train.tokens_per_step), in fp32 and, where the CPU
+params/demo.yaml's model with the train stage's own step (pipeline/step.py: the default recipe, or
+what --set makes it; 16 sequences of 256 tokens: its train.tokens_per_step), in fp32 and, where the CPU
 has it natively, bf16, and divides the model FLOP/s (pipeline.compute.flops_per_token) by that
 precision's peak: the ratio that is the cpu entry's mfu_default. Run it on a quiet machine: other
 processes on the same cores lower both numbers, and not always alike.
@@ -46,8 +46,8 @@ def step_seconds(params: params_module.Params, steps: int, precision: str) -> tu
     return statistics.median(times[WARMUP_STEPS:]), min(times[WARMUP_STEPS:])
 
 
-def report_mfu(steps: int, peaks: dict[str, float], precisions: list[str]) -> None:
-    params = params_module.load(DEMO_PARAMS)
+def report_mfu(steps: int, peaks: dict[str, float], precisions: list[str], sets: list[str]) -> None:
+    params = params_module.load(DEMO_PARAMS, sets)
     tokens = params.train.tokens_per_step
     flops = compute.flops_per_token(params.model, params.tokenizer.vocab_size) * tokens
     for precision in precisions:
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="time this square size (default: chosen per precision)")
     parser.add_argument("--mfu", action="store_true", help="also time the demo model's training steps")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps for --mfu")
+    parser.add_argument("--set", action="append", default=[], help="--mfu: a params override (KEY=VALUE)")
     args = parser.parse_args()
     host = cpuinfo.host()
     torch.set_num_threads(host["cores"])
@@ -74,7 +75,7 @@ def main() -> None:
         print(f"{name}: {run['flops'] / 1e9:,.1f} GFLOP/s ({run['size']}x{run['size']}, of sizes {run['sizes']})")
     if args.mfu:
         native = ["fp32"] + (["bf16"] if host["bf16_native"] else [])
-        report_mfu(args.steps, {p: run["flops"] for p, run in peaks.items()}, native)
+        report_mfu(args.steps, {p: run["flops"] for p, run in peaks.items()}, native, args.set)
 
 
 if __name__ == "__main__":

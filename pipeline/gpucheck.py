@@ -6,7 +6,7 @@
 
 It trains a few real steps (pipeline.model.build_model + pipeline.step.TrainStep, the train stage's
 own step) on random token ids (speed and memory ignore content) of the configured model (params:
-GPT-2 small, context 1024) and of the demo model (params/demo.yaml), in fp16 + GradScaler, bf16
+a GPT-2-small-sized Qwen3 + Muon, context 1024) and of the demo model (params/demo.yaml), in fp16 + GradScaler, bf16
 where the device has it natively, and fp32, with activation checkpointing off and on, and records
 predicted against measured peak memory (compute.training_memory, as the planner uses it) and step
 time, fp16 overflow steps, NVML energy per step and the SDPA kernel that ran. Then it trains the

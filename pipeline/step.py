@@ -104,10 +104,14 @@ def orthogonalize(grad: torch.Tensor, ns_coefficients: tuple[float, float, float
     _zeropower_via_newtonschulz, whose argument checks ran at construction) in `dtype` instead of
     its fixed bf16. In bf16 it is that function operation for operation (tests/test_step.py)."""
     a, b, c = ns_coefficients
-    x = grad.to(dtype, copy=True)
+    if dtype == torch.float16:  # normalized before the cast: a value past fp16's 65504 would be inf
+        x = (grad / grad.norm().clamp(min=eps)).to(dtype)
+    else:
+        x = grad.to(dtype, copy=True)
     if grad.size(0) > grad.size(1):
         x = x.T
-    x.div_(x.norm().clamp(min=eps))  # spectral norm <= 1: every value then fits fp16's range
+    if dtype != torch.float16:
+        x.div_(x.norm().clamp(min=eps))  # Frobenius norm 1 bounds the spectral norm by 1
     for _ in range(ns_steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)

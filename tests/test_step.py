@@ -299,6 +299,8 @@ def test_newton_schulz_in_bf16_is_torchs_own_and_in_fp32_or_fp16_close_to_it():
             # the iteration pushes every singular value into about [0.7, 1.2]
             singular = torch.linalg.svdvals(ours.float())
             assert 0.6 < singular.min() and singular.max() < 1.3
+    huge = torch.randn(32, 64) * 1e6  # past fp16's range: normalized before the cast, not inf
+    assert torch.isfinite(step.orthogonalize(huge, coefficients, 5, 1e-7, dtype=torch.float16)).all()
 
 
 @pytest.mark.parametrize("native", [True, False])
