@@ -72,7 +72,10 @@ def test_micro_batch_2_x_accumulation_4_matches_8_x_1(demo_tokens, tmp_path):
         result = run_stage("train", tiny_params(demo_tokens, base, f"train.micro_batch_size={micro}", "train.max_steps=6")).as_dict()
         assert result["grad_accum_steps"] == 8 // micro
         runs[micro] = base
-    assert max_difference(final_weights(runs[2]), final_weights(runs[8])) < 2e-5
+    # the same gradients summed in another order differ in the last bits, and Adam's first steps,
+    # dividing by a tiny second moment, carry that to ~1e-5 of a weight (2.1e-5 seen on a 2-thread
+    # AVX-512 EPYC): judged against one step's size, lr (0.02), where a real mistake moves it by more
+    assert max_difference(final_weights(runs[2]), final_weights(runs[8])) < 0.005 * 0.02
     assert train_losses(runs[2]) == pytest.approx(train_losses(runs[8]), abs=1e-5)
 
 
