@@ -35,9 +35,7 @@ import importlib.util
 import json
 import math
 import os
-import pickle
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -98,10 +96,16 @@ def prepare(data: str) -> Path:
     return base
 
 
+def _bench_module(name: str):
+    """bench/<name>.py, loaded by path (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _write_text(corpus: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_tokenize", ROOT / "bench" / "bench_tokenize.py")
-    source = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(source)
+    source = _bench_module("bench_tokenize")
     corpus.mkdir(parents=True, exist_ok=True)
     docs, size = [], 0
     for text in source._documents():
@@ -226,7 +230,6 @@ def nanogpt(base: Path, source: Path, sets: list[str]) -> dict:
     settings as the baseline (fp32: it never autocasts on CPU; compile off, bias on as GPT-2),
     then its final checkpoint scored by its own model.py on the same val subset. nanoGPT seeds
     torch with 1337 whatever it is given, so one run is all there is."""
-    import numpy as np
     import torch
 
     from pipeline import params as params_module
@@ -241,14 +244,7 @@ def nanogpt(base: Path, source: Path, sets: list[str]) -> dict:
     vocab = TokenManifest.read(base / "tokens" / MANIFEST_FILE).vocab_size
     with tempfile.TemporaryDirectory(prefix="nanogpt-") as tmp:
         tmp = Path(tmp)
-        for name in ("train.py", "model.py", "configurator.py"):
-            shutil.copy(source / name, tmp / name)
-        data = tmp / "data" / "bench"
-        data.mkdir(parents=True)
-        for split in ("train", "val"):  # nanoGPT reads headerless uint16
-            np.asarray(read_tokens(base / "tokens" / f"{split}.bin"), dtype=np.uint16).tofile(data / f"{split}.bin")
-        with open(data / "meta.pkl", "wb") as fh:
-            pickle.dump({"vocab_size": vocab}, fh)
+        _bench_module("train").stage_nanogpt(source, base / "tokens", vocab, tmp)
         # its loop evaluates (and saves) at iter % eval_interval == 0 before that iter's step: the
         # checkpoint at iter max_steps holds exactly max_steps updates
         args = ["--dataset=bench", "--device=cpu", "--compile=False", "--dtype=float32", "--bias=True",

@@ -212,23 +212,29 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
             "median_of_pair_ratios": statistics.median(b / a for a, b in zip(stage_times[warmup:], bare_times[warmup:]))}
 
 
-def run_nanogpt(source: Path, tokens: Path, config: str, warmup: int, steps: int, compiled: bool = False) -> dict:
+def stage_nanogpt(source: Path, tokens: Path, vocab: int, workdir: Path) -> None:
+    """nanoGPT's train.py, model.py and configurator.py in workdir, with our token files as its
+    dataset `bench` (headerless uint16, as it reads them) and a meta.pkl naming the vocabulary."""
     import numpy as np
 
     from pipeline.tokens import read_tokens
 
+    for name in ("train.py", "model.py", "configurator.py"):
+        shutil.copy(source / name, workdir / name)
+    data = workdir / "data" / "bench"
+    data.mkdir(parents=True)
+    for split in ("train", "val"):
+        np.asarray(read_tokens(tokens / f"{split}.bin"), dtype=np.uint16).tofile(data / f"{split}.bin")
+    with open(data / "meta.pkl", "wb") as fh:
+        pickle.dump({"vocab_size": vocab}, fh)
+
+
+def run_nanogpt(source: Path, tokens: Path, config: str, warmup: int, steps: int, compiled: bool = False) -> dict:
     n_layer, n_embd, n_head, context, micro, *_ = CONFIGS[config]
     vocab = json.loads((tokens / "manifest.json").read_text())["vocab_size"]
     with tempfile.TemporaryDirectory(prefix="nanogpt-") as tmp:
         tmp = Path(tmp)
-        for name in ("train.py", "model.py", "configurator.py"):
-            shutil.copy(source / name, tmp / name)
-        data = tmp / "data" / "bench"
-        data.mkdir(parents=True)
-        for split in ("train", "val"):  # nanoGPT reads headerless uint16
-            np.asarray(read_tokens(tokens / f"{split}.bin"), dtype=np.uint16).tofile(data / f"{split}.bin")
-        with open(data / "meta.pkl", "wb") as fh:
-            pickle.dump({"vocab_size": vocab}, fh)
+        stage_nanogpt(source, tokens, vocab, tmp)
         args = ["--dataset=bench", "--device=cpu", f"--compile={compiled}", "--dtype=float32", "--bias=True",
                 "--dropout=0.0", f"--n_layer={n_layer}", f"--n_head={n_head}", f"--n_embd={n_embd}",
                 f"--block_size={context}", f"--batch_size={micro}", "--gradient_accumulation_steps=1",

@@ -102,16 +102,11 @@ def orthogonalize(grad: torch.Tensor, ns_coefficients: tuple[float, float, float
                   *, dtype: torch.dtype) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz iteration (torch/optim/_muon.py,
     _zeropower_via_newtonschulz, whose argument checks ran at construction) in `dtype` instead of
-    its fixed bf16. In bf16 it is that function operation for operation (tests/test_step.py)."""
+    its fixed bf16. The matrix is normalized before the cast, so no value passes fp16's 65504."""
     a, b, c = ns_coefficients
-    if dtype == torch.float16:  # normalized before the cast: a value past fp16's 65504 would be inf
-        x = (grad / grad.norm().clamp(min=eps)).to(dtype)
-    else:
-        x = grad.to(dtype, copy=True)
+    x = (grad / grad.norm().clamp(min=eps)).to(dtype)  # Frobenius norm 1 bounds the spectral norm by 1
     if grad.size(0) > grad.size(1):
         x = x.T
-    if dtype != torch.float16:
-        x.div_(x.norm().clamp(min=eps))  # Frobenius norm 1 bounds the spectral norm by 1
     for _ in range(ns_steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)

@@ -282,7 +282,7 @@ def test_ddp_with_muon_matches_one_process_with_twice_the_accumulation(demo_toke
     assert train_losses(tmp_path / "ddp") == pytest.approx(train_losses(single), abs=1e-3)
 
 
-def test_newton_schulz_in_bf16_is_torchs_own_and_in_fp32_or_fp16_close_to_it():
+def test_newton_schulz_in_any_dtype_is_torchs_iteration():
     from torch.optim import _muon
 
     # torch.optim.Muon looks the function up by this name at each step: the override point exists
@@ -291,8 +291,7 @@ def test_newton_schulz_in_bf16_is_torchs_own_and_in_fp32_or_fp16_close_to_it():
     torch.manual_seed(0)
     for grad in (torch.randn(48, 96), torch.randn(96, 48)):
         torchs = _muon._zeropower_via_newtonschulz(grad, coefficients, 5, 1e-7)
-        assert torch.equal(step.orthogonalize(grad, coefficients, 5, 1e-7, dtype=torch.bfloat16), torchs)
-        for dtype in (torch.float32, torch.float16):
+        for dtype in (torch.bfloat16, torch.float32, torch.float16):
             ours = step.orthogonalize(grad, coefficients, 5, 1e-7, dtype=dtype)
             assert ours.dtype == dtype and ours.shape == grad.shape
             assert (ours.float() - torchs.float()).abs().max() < 0.02  # bf16 keeps 8 bits of mantissa
