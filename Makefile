@@ -49,4 +49,4 @@ lint: $(STAMP)
 DEVICE ?= cuda
 gpu-check: export PATH := $(CURDIR)/$(BIN):$(PATH)
 gpu-check:
-	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m pipeline.gpucheck --device $(DEVICE)
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m pipeline.tools.gpucheck --device $(DEVICE)

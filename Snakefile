@@ -1,4 +1,4 @@
-"""budgetgpt under Snakemake: the stages of pipeline/stages.py (the registry dvc.yaml is generated
+"""budgetgpt under Snakemake: the stages of pipeline/registry.py (the registry dvc.yaml is generated
 from), the same commands, the same params.yaml.
 
     snakemake --profile t4                                  # a T4 VM (see README: profiles)
@@ -34,10 +34,10 @@ import yaml
 from snakemake.utils import update_config
 
 sys.path.insert(0, workflow.basedir)
-from pipeline import params as params_module
-from pipeline.corpus import Corpus
-from pipeline.errors import PipelineError
-from pipeline.stages import CORPUS, STAGES, params_of
+from pipeline.core import params as params_module
+from pipeline.data.corpus import Corpus
+from pipeline.core.errors import PipelineError
+from pipeline.registry import CORPUS, STAGES, params_of
 
 configfile: "params.yaml"
 
@@ -101,7 +101,7 @@ def write_values(path, lines, log):
 
 
 def corpus_files():
-    """Every file of the corpus, as the tokenize stage finds them (pipeline/corpus.py): the files
+    """Every file of the corpus, as the tokenize stage finds them (pipeline/data/corpus.py): the files
     of a directory or glob, one file, or every file of a `datasets` save_to_disk directory."""
     try:
         sources = Corpus(PARAMS.paths.corpus, PARAMS.data).sources

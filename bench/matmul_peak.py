@@ -3,12 +3,12 @@
     .venv/bin/python -m bench.matmul_peak [--seconds 1] [--size N]   # from the repository root
     .venv/bin/python -m bench.matmul_peak --mfu [--steps 10] [--set model.architecture=gpt2 --set train.optimizer=adamw]
 
-The peaks are measured as the `cpu` catalog entry measures them (pipeline.cpuinfo, on the cores
-this process may use), but never cached: `python -m pipeline.cpuinfo --refresh` renews the entry's.
+The peaks are measured as the `cpu` catalog entry measures them (pipeline.cost.cpuinfo, on the cores
+this process may use), but never cached: `python -m pipeline.cost.cpuinfo --refresh` renews the entry's.
 --size times that one size instead of choosing one. --mfu then times optimizer steps of
-params/demo.yaml's model with the train stage's own step (pipeline/step.py: the default recipe, or
+params/demo.yaml's model with the train stage's own step (pipeline/engine/step.py: the default recipe, or
 what --set makes it; 16 sequences of 256 tokens: its train.tokens_per_step), in fp32 and, where the CPU
-has it natively, bf16, and divides the model FLOP/s (pipeline.compute.flops_per_token) by that
+has it natively, bf16, and divides the model FLOP/s (pipeline.model.compute.flops_per_token) by that
 precision's peak: the ratio that is the cpu entry's mfu_default. Run it on a quiet machine: other
 processes on the same cores lower both numbers, and not always alike.
 """
@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import compute, cpuinfo, params as params_module
-from pipeline.model import build_model
-from pipeline.step import TrainStep, optimizer_for
+from pipeline.model import compute
+from pipeline.cost import cpuinfo
+from pipeline.core import params as params_module
+from pipeline.model.build import build_model
+from pipeline.engine.step import TrainStep, optimizer_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]

@@ -12,8 +12,8 @@
 Run it as the README says: nice -n 10, OMP_NUM_THREADS=2. Every run is a fresh child process
 training params.yaml + params/demo.yaml's model (4 layers x 256, context 256, 4,096 tokens per
 step, 120 steps: the demo's schedule, warmup 15 then cosine to min_lr / lr of the peak) with the
-train stage's own pieces: pipeline.model.build_model, pipeline.step.optimizer_for + TrainStep,
-the train stage's data order (pipeline.batches.TrainWindows) and LR schedule. Runs of all recipes
+train stage's own pieces: pipeline.model.build.build_model, pipeline.engine.step.optimizer_for + TrainStep,
+the train stage's data order (pipeline.data.batches.TrainWindows) and LR schedule. Runs of all recipes
 are interleaved within a seed, so load from other processes hits them alike.
 
 Measured per run: the loss on a fixed val subset every 10 steps, the training steps' wall and CPU
@@ -82,8 +82,9 @@ def prepare(data: str) -> Path:
     """bench/out/recipe/<data>/{tokens,tokenizer}: the demo corpus or the real text, tokenized once."""
     base = OUT / data
     if not (base / "tokens" / "manifest.json").is_file():
-        from pipeline import demo_corpus, params
-        from pipeline.stages import run_stage
+        from pipeline.tools import demo_corpus
+        from pipeline.core import params
+        from pipeline.registry import run_stage
 
         corpus = base / "corpus"
         p = params.load(FILES, [f"paths.corpus={corpus}", f"paths.tokenizer={base / 'tokenizer'}",
@@ -126,12 +127,12 @@ def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str, s
     import torch.nn.functional as F
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-    from pipeline import params as params_module
-    from pipeline.batches import TrainWindows, stack_windows, val_starts
-    from pipeline.evaluate import score, scored_stream
-    from pipeline.model import build_model, count_parameters
-    from pipeline.step import TrainStep, autocast, optimizer_for
-    from pipeline.tokens import MANIFEST_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
+    from pipeline.core import params as params_module
+    from pipeline.data.batches import TrainWindows, stack_windows, val_starts
+    from pipeline.stages.evaluate import score, scored_stream
+    from pipeline.model.build import build_model, count_parameters
+    from pipeline.engine.step import TrainStep, autocast, optimizer_for
+    from pipeline.data.tokens import MANIFEST_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     params = params_module.load(FILES, [*SIZES[size]["sets"], *(RECIPES.get(recipe) or ABLATIONS[recipe]), *sets,
@@ -193,11 +194,11 @@ def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: in
     processes hits both alike: the per-step cost without the drift between runs."""
     import torch
 
-    from pipeline import params as params_module
-    from pipeline.batches import TrainWindows
-    from pipeline.model import build_model
-    from pipeline.step import TrainStep, optimizer_for
-    from pipeline.tokens import MANIFEST_FILE, TRAIN_FILE, TokenManifest
+    from pipeline.core import params as params_module
+    from pipeline.data.batches import TrainWindows
+    from pipeline.model.build import build_model
+    from pipeline.engine.step import TrainStep, optimizer_for
+    from pipeline.data.tokens import MANIFEST_FILE, TRAIN_FILE, TokenManifest
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     manifest = TokenManifest.read(base / "tokens" / MANIFEST_FILE)
@@ -232,9 +233,9 @@ def nanogpt(base: Path, source: Path, sets: list[str]) -> dict:
     torch with 1337 whatever it is given, so one run is all there is."""
     import torch
 
-    from pipeline import params as params_module
-    from pipeline.batches import stack_windows, val_starts
-    from pipeline.tokens import MANIFEST_FILE, VAL_FILE, TokenManifest, read_tokens
+    from pipeline.core import params as params_module
+    from pipeline.data.batches import stack_windows, val_starts
+    from pipeline.data.tokens import MANIFEST_FILE, VAL_FILE, TokenManifest, read_tokens
 
     for done in load_runs("nanogpt-" + base.name):
         if done["sets"] == sets:

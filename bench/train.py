@@ -8,7 +8,7 @@ DIR is a nanoGPT checkout (train.py, model.py, configurator.py); its files are c
 temporary directory and run there, nothing of it is kept. Without --nanogpt that column is skipped.
 
 Three implementations, the same model size, tokens and batch:
-  pipeline  pipeline.train.run: the real stage (per-step DVCLive logging, one checkpoint, tqdm)
+  pipeline  pipeline.stages.train.run: the real stage (per-step DVCLive logging, one checkpoint, tqdm)
   minimal   the same Hugging Face model, AdamW and autocast in a bare loop over pre-built batches
   nanogpt   nanoGPT's train.py, fp32 (it never autocasts on CPU), compile off
 Every measurement is a fresh child process; implementations are interleaved in each round and
@@ -50,8 +50,9 @@ def prepare_tokens() -> Path:
     """The demo corpus, tokenized by the real stage, once (bench/out/train/data)."""
     data = OUT / "data"
     if not (data / "tokens" / "manifest.json").is_file():
-        from pipeline import demo_corpus, params
-        from pipeline.stages import run_stage
+        from pipeline.tools import demo_corpus
+        from pipeline.core import params
+        from pipeline.registry import run_stage
 
         p = params.load([ROOT / "params.yaml", ROOT / "params" / "demo.yaml"],
                         [f"paths.corpus={data / 'corpus'}", f"paths.tokenizer={data / 'tokenizer'}",
@@ -83,7 +84,7 @@ def child(impl: str, config: str, precision: str, data: Path, nanogpt: Path | No
     impl, compiled = impl.removesuffix("+compile"), impl.endswith("+compile")
     if impl == "nanogpt":
         return run_nanogpt(nanogpt, tokens, config, warmup, steps, compiled)
-    from pipeline import params as params_module
+    from pipeline.core import params as params_module
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-{impl}-", dir=OUT))
     params = params_module.load([ROOT / "params.yaml", ROOT / "params" / "demo.yaml"], [
@@ -106,9 +107,9 @@ def child(impl: str, config: str, precision: str, data: Path, nanogpt: Path | No
 
 
 def run_pipeline(params, work: Path, warmup: int) -> dict:
-    from pipeline.batches import TrainWindows
-    from pipeline.stages import run_stage
-    from pipeline.tokens import TRAIN_FILE
+    from pipeline.data.batches import TrainWindows
+    from pipeline.registry import run_stage
+    from pipeline.data.tokens import TRAIN_FILE
 
     report = run_stage("train", params).as_dict()
     tsv = work / "reports" / "train_live" / "plots" / "metrics" / "train" / "tokens_per_second.tsv"
@@ -134,11 +135,11 @@ def run_minimal(params, warmup: int, steps: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.batches import TrainWindows
-    from pipeline.model import build_model
-    from pipeline.tokens import TRAIN_FILE
+    from pipeline.data.batches import TrainWindows
+    from pipeline.model.build import build_model
+    from pipeline.data.tokens import TRAIN_FILE
 
-    from pipeline.tokens import MANIFEST_FILE, TokenManifest
+    from pipeline.data.tokens import MANIFEST_FILE, TokenManifest
 
     manifest = TokenManifest.read(params.paths.tokens / MANIFEST_FILE)
     cfg, context = params.train, params.model.context
@@ -170,12 +171,12 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
     import torch.nn.functional as F
     from accelerate import Accelerator
 
-    from pipeline import train
-    from pipeline.guard import BudgetGuard
-    from pipeline.plan import setup_for
-    from pipeline.stages import by_name, paths_for
-    from pipeline.tokens import load
-    from pipeline.trainlog import Meter, TrainLog
+    from pipeline.stages import train
+    from pipeline.cost.budget import BudgetGuard
+    from pipeline.engine.plan import setup_for
+    from pipeline.registry import by_name, paths_for
+    from pipeline.data.tokens import load
+    from pipeline.engine.trainlog import Meter, TrainLog
 
     paths = paths_for(by_name("train"), params)
     manifest = load(paths["tokens"], data / "tokenizer")
@@ -217,7 +218,7 @@ def stage_nanogpt(source: Path, tokens: Path, vocab: int, workdir: Path) -> None
     dataset `bench` (headerless uint16, as it reads them) and a meta.pkl naming the vocabulary."""
     import numpy as np
 
-    from pipeline.tokens import read_tokens
+    from pipeline.data.tokens import read_tokens
 
     for name in ("train.py", "model.py", "configurator.py"):
         shutil.copy(source / name, workdir / name)

@@ -10,28 +10,23 @@ import importlib
 import os
 import sys
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
-# stage name -> (module, one-line help). Modules are imported only when their stage runs:
-# importing torch costs seconds that `--help` and the tokenizer should not pay.
-STAGES = {
-    "tokenize": ("pipeline.tokenize", "read the corpus, train a BPE tokenizer, write token files"),
-    "estimate": ("pipeline.estimate", "FLOPs, memory fit, hours, dollars, energy; stop when over budget"),
-    "train": ("pipeline.train", "train the model: mixed precision, accumulation, checkpoints, resume"),
-    "evaluate": ("pipeline.evaluate", "validation loss, perplexity, samples, estimate against actual"),
-}
 TOOLS = {
-    "demo-corpus": ("pipeline.demo_corpus", "write the bundled multilingual demo corpus"),
-    "dag": ("pipeline.dag", "write dvc.yaml from the stage registry, or --check that it is current"),
-    "doctor": ("pipeline.doctor", "before paying for a run: is this machine ready for it? (exit 2 if not)"),
-    "gpu-check": ("pipeline.gpucheck", "on a new GPU: measure memory, speed and the 4 GB / 16 GB plans (reports/gpu-check.md)"),
+    "demo-corpus": ("pipeline.tools.demo_corpus", "write the bundled multilingual demo corpus"),
+    "dag": ("pipeline.tools.dag", "write dvc.yaml from the stage registry, or --check that it is current"),
+    "doctor": ("pipeline.tools.doctor", "before paying for a run: is this machine ready for it? (exit 2 if not)"),
+    "gpu-check": ("pipeline.tools.gpucheck", "on a new GPU: measure memory, speed and the 4 GB / 16 GB plans (reports/gpu-check.md)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    for name, (module, help_text) in {**STAGES, **TOOLS}.items():
+    from pipeline.registry import STAGES
+
+    commands = {**{s.name: (s.entry_point, s.help) for s in STAGES}, **TOOLS}
+    for name, (module, help_text) in commands.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument("--params", action="append", metavar="FILE",
                          help="params YAML file; repeat to layer overlays (default: params.yaml)")
@@ -53,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
-        from pipeline import params as params_module
+        from pipeline.core import params as params_module
 
         params = params_module.load(args.params, args.overrides)
         if args.command in TOOLS:
             return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
-        from pipeline.stages import run_stage
+        from pipeline.registry import run_stage  # the stage's module is imported only now
 
         run_stage(args.command, params)
         return 0

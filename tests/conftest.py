@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stages import run_stage
-from pipeline import demo_corpus, params as params_module, tokenize
+from pipeline.registry import run_stage
+from pipeline.tools import demo_corpus
+from pipeline.core import params as params_module
+from pipeline.stages import tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]

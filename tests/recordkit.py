@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.estimate import CostReport
-from pipeline.tokens import TokenManifest
-from pipeline.train import TrainReport
+from pipeline.cost.report import CostReport
+from pipeline.data.tokens import TokenManifest
+from pipeline.engine.report import TrainReport
 
 _PROVENANCE = {"params": {}, "versions": {}, "git_revision": None}
 

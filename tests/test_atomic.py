@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.atomic import staging_dir, staging_file, write_json
+from pipeline.core.atomic import staging_dir, staging_file, write_json
 
 
 def test_a_failed_directory_write_leaves_the_old_one_and_no_debris(tmp_path):

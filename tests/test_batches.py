@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batches import TrainWindows, val_starts
-from pipeline.errors import PipelineError
-from pipeline.tokens import write_tokens
+from pipeline.data.batches import TrainWindows, val_starts
+from pipeline.core.errors import PipelineError
+from pipeline.data.tokens import write_tokens
 
 
 def test_windows_cover_an_epoch_once_and_do_not_depend_on_the_layout(demo_tokens):

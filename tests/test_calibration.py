@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 
-from pipeline import calibration
+from pipeline.cost import calibration
 from trainkit import DEMO_FILES, ROOT, report, tiny_sets
 
 import subprocess

@@ -1,4 +1,4 @@
-"""pipeline.checkpoint: atomic, checksummed, verified, pruned, indexed."""
+"""pipeline.engine.checkpoint: atomic, checksummed, verified, pruned, indexed."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from pipeline import checkpoint as ckpt
-from pipeline import params as params_module
-from pipeline.model import build_model
+from pipeline.engine import checkpoint as ckpt
+from pipeline.core import params as params_module
+from pipeline.model.build import build_model
 
 TINY = params_module.Model(n_layer=1, n_embd=32, n_head=2, context=16, dropout=0.0)
 

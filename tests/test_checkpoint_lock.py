@@ -1,4 +1,4 @@
-"""pipeline.checkpoint.RunLock: one training run per checkpoints directory."""
+"""pipeline.engine.checkpoint.RunLock: one training run per checkpoints directory."""
 from __future__ import annotations
 
 import json
@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import checkpoint as ckpt
-from pipeline.errors import PipelineError
+from pipeline.engine import checkpoint as ckpt
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
 
 HOLD_THE_LOCK = """
 import sys, time
-from pipeline import checkpoint as ckpt
+from pipeline.engine import checkpoint as ckpt
 with ckpt.RunLock(sys.argv[1], command="python -m pipeline train"):
     print("locked", flush=True)
     time.sleep(120)

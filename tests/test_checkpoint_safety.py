@@ -1,4 +1,4 @@
-"""pipeline.checkpoint under damage: half-deleted and foreign directories, kills mid-prune and
+"""pipeline.engine.checkpoint under damage: half-deleted and foreign directories, kills mid-prune and
 mid-archive, bad JSON, a full disk. Nothing kept is lost, and the next run never wedges."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline import checkpoint as ckpt
-from pipeline.errors import PipelineError
+from pipeline.engine import checkpoint as ckpt
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def test_prune_and_index_quarantines_a_damaged_directory_instead_of_crashing(tmp
 KILLED_WHILE_PRUNING = textwrap.dedent("""
     import os, shutil, signal, sys
     from pathlib import Path
-    from pipeline import checkpoint as ckpt
+    from pipeline.engine import checkpoint as ckpt
 
     def rmtree_then_die(path, *args, **kwargs):
         # delete most of the directory, as a real rmtree would have got that far, then SIGKILL

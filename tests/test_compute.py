@@ -21,9 +21,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pathlib import Path
 
-from pipeline import compute, params as params_module
-from pipeline.step import TrainStep, bf16_native, hidden_matrices, optimizer_for
-from pipeline.model import CONFIGS, build_model, count_parameters, model_config
+from pipeline.model import compute
+from pipeline.core import params as params_module
+from pipeline.engine.step import TrainStep, bf16_native, hidden_matrices, optimizer_for
+from pipeline.model.build import CONFIGS, build_model, count_parameters, model_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -112,7 +113,7 @@ def test_optimizer_flops_match_flop_counter(model, vocab):
 
 
 def tracked_peak(net, model, vocab, micro_batch, precision, checkpointing, optimizer="adamw"):
-    """Peak bytes MemTracker sees over the train stage's own step (pipeline/step.py), two
+    """Peak bytes MemTracker sees over the train stage's own step (pipeline/engine/step.py), two
     micro-batches of accumulation and the optimizer update."""
     net.train()
     if checkpointing:
@@ -168,7 +169,7 @@ def test_training_memory_matches_mem_tracker(precision, checkpointing, attention
 def test_the_newton_schulz_workspace_where_it_sets_the_peak(model, newton_schulz, monkeypatch):
     """One token-light step of a wide layer: the update, not the forward/backward, peaks; with the
     iterations in bf16 (a CPU with AVX512-bf16 or AMX) and in fp32 (one without)."""
-    monkeypatch.setattr("pipeline.step.bf16_native", lambda device: newton_schulz == "bf16")
+    monkeypatch.setattr("pipeline.engine.step.bf16_native", lambda device: newton_schulz == "bf16")
     vocab, micro = 64, 1
     measured = tracked_peak(built(model, vocab), model, vocab, micro, "fp32", False, "muon")
     estimate = compute.training_memory(model, vocab, micro, "fp32", False, optimizer="muon", device_kind="cpu",

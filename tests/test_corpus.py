@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import corpus as corpus_module, params as params_module
-from pipeline.corpus import Corpus, is_val
-from pipeline.errors import PipelineError
+from pipeline.data import corpus as corpus_module
+from pipeline.core import params as params_module
+from pipeline.data.corpus import Corpus, is_val
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 AZ = "Azərbaycan dili: ə ğ ı İ ö ş ü ç. Bakı şəhəri Xəzərin sahilindədir."
@@ -204,7 +205,7 @@ def test_reading_does_not_depend_on_where_blocks_end(tmp_path, monkeypatch):
     assert expected[:3] == [("first", True, expected[0].is_val), ("second ə İ ş\nline\nold mac", True,
                             expected[1].is_val), ("bad \ufffd byte", True, expected[2].is_val)]
     for size in (1, 2, 3, 5, 7):       # every multi-byte letter and \r\n split across blocks
-        monkeypatch.setattr("pipeline.corpus.READ_BYTES", size)
+        monkeypatch.setattr("pipeline.data.corpus.READ_BYTES", size)
         corpus = Corpus(tmp_path, data_params())
         assert list(corpus.pieces()) == expected
         assert corpus.replacements == whole.replacements == 3

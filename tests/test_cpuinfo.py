@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cpuinfo, hardware, params as params_module
+from pipeline.cost import cpuinfo, hardware
+from pipeline.core import params as params_module
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from checkout import copy_checkout
-from pipeline import dag, params as params_module
-from pipeline.stages import CORPUS, STAGES, params_of
+from pipeline.tools import dag
+from pipeline.core import params as params_module
+from pipeline.registry import CORPUS, STAGES, params_of
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -39,7 +40,7 @@ def test_stage_params_name_real_keys():
 
 
 def test_code_deps_refuse_a_misspelled_stage():
-    from pipeline.stages import code_deps
+    from pipeline.registry import code_deps
 
     with pytest.raises(ValueError, match="no module pipeline/trian.py"):
         code_deps("trian")
@@ -140,7 +141,7 @@ def _tokenize_inputs(tmp_path: Path, corpus: str) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["directory", "glob", "file", "datasets"])
 def test_every_corpus_file_is_an_input_of_tokenize(tmp_path, kind):
-    """Per-file inputs, as the tokenize stage finds the files (pipeline/corpus.py): an edited,
+    """Per-file inputs, as the tokenize stage finds the files (pipeline/data/corpus.py): an edited,
     added or removed file reruns it; the directory's own timestamp is no input."""
     root = tmp_path / "corpus"
     (root / "more").mkdir(parents=True)

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from pipeline import demo_corpus
-from pipeline.errors import PipelineError
+from pipeline.tools import demo_corpus
+from pipeline.core.errors import PipelineError
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from pipeline.stages import run_stage
-from pipeline import checkpoint as ckpt
-from pipeline import train
+from pipeline.registry import run_stage
+from pipeline.engine import checkpoint as ckpt
+from pipeline.stages import train
 from trainkit import cli, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
 
 RUN = ("train.micro_batch_size=2", "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2")

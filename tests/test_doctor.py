@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoint, compute, doctor, params as params_module
-from pipeline.hardware import GIB
+from pipeline.engine import checkpoint
+from pipeline.model import compute
+from pipeline.tools import doctor
+from pipeline.core import params as params_module
+from pipeline.cost.hardware import GIB
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = [ROOT / "params.yaml"]
@@ -62,7 +65,7 @@ def test_demo_params_are_ready_on_cpu(tmp_path, monkeypatch):
 
 
 def test_the_cpu_section_reports_the_detected_entry(tmp_path, monkeypatch):
-    from pipeline import hardware
+    from pipeline.cost import hardware
 
     detected = hardware.get_device(load(DEMO, tmp_path).cost).detected
     text = doctor.run(load(DEMO, tmp_path), find_cuda=no_gpu(monkeypatch)).text()

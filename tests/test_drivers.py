@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from checkout import ROOT, TINY, copy_checkout
-from pipeline import params as params_module
+from pipeline.core import params as params_module
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,12 @@ import pytest
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
-from pipeline.stages import run_stage
-from pipeline import estimate, hardware, params as params_module
-from pipeline.errors import BudgetExceeded, PipelineError
-from pipeline.tokens import TokenManifest
+from pipeline.registry import run_stage
+from pipeline.stages import estimate
+from pipeline.cost import hardware
+from pipeline.core import params as params_module
+from pipeline.core.errors import BudgetExceeded, PipelineError
+from pipeline.data.tokens import TokenManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN_KEYS = {"format", "device", "device_kind", "devices", "micro_batch_size", "grad_accum_steps", "precision",

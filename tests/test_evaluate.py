@@ -16,12 +16,15 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from pipeline.stages import run_stage
-from pipeline import checkpoint, evaluate, params as P, report
+from pipeline.registry import run_stage
+from pipeline.engine import checkpoint
+from pipeline.stages import evaluate
+from pipeline.core import params as P
+from pipeline.reports import quantities as report
 from pipeline.__main__ import main
-from pipeline.errors import PipelineError
-from pipeline.model import build_model
-from pipeline.tokens import read_tokens, write_tokens
+from pipeline.core.errors import PipelineError
+from pipeline.model.build import build_model
+from pipeline.data.tokens import read_tokens, write_tokens
 
 EOT = "<|endoftext|>"
 CONTEXT = 16
@@ -110,7 +113,7 @@ def make_world(root: Path) -> Path:
     recordkit.cost(reports / "cost.json")
     recordkit.train(reports / "train.json", stop_reason="early_stopping")
     with Live(dir=str(reports / "train_live"), dvcyaml=None, save_dvc_exp=False) as live:
-        for step in range(1, 5):  # the metric names pipeline/trainlog.py logs
+        for step in range(1, 5):  # the metric names pipeline/engine/trainlog.py logs
             live.step = step
             live.log_metric("train/loss", 6.0 - 0.2 * step)
             live.log_metric("train/lr", 0.01)

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import gpucheck, hardware, params as params_module
-from pipeline.hardware import GIB
+from pipeline.tools import gpucheck
+from pipeline.cost import hardware
+from pipeline.core import params as params_module
+from pipeline.cost.hardware import GIB
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
@@ -154,7 +156,7 @@ def test_required_lists_every_package_the_check_imports():
 
 
 def test_the_standalone_command_has_help():
-    done = subprocess.run([sys.executable, "-m", "pipeline.gpucheck", "--help"], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "pipeline.tools.gpucheck", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "--device {cuda,cpu}" in done.stdout
 
@@ -246,7 +248,7 @@ def test_cuda_check_on_the_demo_model(tmp_path, monkeypatch):
 def test_a_plan_over_its_cap_is_reported_and_the_cap_lifted():
     params = params_module.load([ROOT / "params.yaml"])
     machine = gpucheck._cuda_machine(params)
-    from pipeline.plan import plan_for
+    from pipeline.cost.planner import plan_for
 
     fit = plan_for(params, hardware.get_device(params.cost.model_copy(update={"hardware": "t4-16gb"})), 32000)
     proof = gpucheck.PlanProof("t4-16gb", cap_bytes=256 * 2**20)
@@ -261,4 +263,4 @@ def test_make_gpu_check_runs_this_check_on_the_device_asked_for():
 
     root = Path(__file__).resolve().parent.parent
     dry = subprocess.run(["make", "-s", "-n", "gpu-check", "DEVICE=cpu"], cwd=root, capture_output=True, text=True)
-    assert dry.returncode == 0 and "-m pipeline.gpucheck --device cpu" in dry.stdout
+    assert dry.returncode == 0 and "-m pipeline.tools.gpucheck --device cpu" in dry.stdout

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from pipeline.estimate import CostReport
-from pipeline.guard import GUARD_FIRST_STEPS, BudgetGuard
+from pipeline.cost.report import CostReport
+from pipeline.cost.budget import GUARD_FIRST_STEPS, BudgetGuard
 from trainkit import DEMO_FILES, report, run_cli, tiny_sets
 
 import recordkit

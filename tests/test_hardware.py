@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cpuinfo, hardware, params as params_module
-from pipeline.errors import PipelineError
+from pipeline.cost import cpuinfo, hardware
+from pipeline.core import params as params_module
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ["cpu", "rtx2050-laptop-4gb", "t4-16gb", "l4-24gb", "a10g-24gb", "a100-40gb", "a100-80gb", "h100-80gb"]

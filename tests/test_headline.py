@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 
-from pipeline import headline
+from pipeline.reports import headline
 
 
 def _result(**quantities):

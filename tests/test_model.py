@@ -1,13 +1,13 @@
-"""pipeline.model: GPT-2 or Qwen3 from params, no download, ids from our tokenizer, tied or untied head."""
+"""pipeline.model.build: GPT-2 or Qwen3 from params, no download, ids from our tokenizer, tied or untied head."""
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline import params as params_module
-from pipeline.errors import PipelineError
-from pipeline.model import build_model, count_parameters, mlp_width
+from pipeline.core import params as params_module
+from pipeline.core.errors import PipelineError
+from pipeline.model.build import build_model, count_parameters, mlp_width
 
 TINY = params_module.Model(n_layer=2, n_embd=64, n_head=4, context=32, dropout=0.0)
 QWEN3 = TINY.model_copy(update={"architecture": "qwen3"})

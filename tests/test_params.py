@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import params as P
-from pipeline.errors import PipelineError
+from pipeline.core import params as P
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "params.yaml"

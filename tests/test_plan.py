@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import hardware, params as params_module
-from pipeline.errors import PipelineError
-from pipeline.plan import Plan, native_precision, plan_for, setup_for
+from pipeline.cost import hardware
+from pipeline.core import params as params_module
+from pipeline.core.errors import PipelineError
+from pipeline.engine.plan import Plan, native_precision, plan_for, setup_for
 from trainkit import ROOT
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 
-from pipeline import provenance
+from pipeline.core import provenance
 
 
 def test_git_revision_says_dirty_only_for_tracked_changes(tmp_path):

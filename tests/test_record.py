@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.plan import Plan
+from pipeline.core.errors import PipelineError
+from pipeline.engine.plan import Plan
 
 PLAN = {"device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 4, "grad_accum_steps": 2,
         "precision": "fp32", "activation_checkpointing": False, "tokens_per_step": 512}

@@ -6,9 +6,9 @@ import signal
 import subprocess
 import time
 
-from pipeline.stages import run_stage
-from pipeline import checkpoint as ckpt
-from pipeline import train
+from pipeline.registry import run_stage
+from pipeline.engine import checkpoint as ckpt
+from pipeline.stages import train
 from trainkit import ROOT, cli, env, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
 
 RUN = ("train.max_steps=30", "train.checkpoint_every=10", "train.eval_every=10")

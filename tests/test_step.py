@@ -1,4 +1,4 @@
-"""The training step (pipeline/step.py): the golden loss curve, fp16 overflow skips, accumulation, the Muon +
+"""The training step (pipeline/engine/step.py): the golden loss curve, fp16 overflow skips, accumulation, the Muon +
 AdamW optimizer, and every architecture x optimizer through the train stage: learning, exact resume, a model
 that loads offline and generates."""
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import step
-from pipeline.model import build_model
-from pipeline.stages import run_stage
+from pipeline.engine import step
+from pipeline.model.build import build_model
+from pipeline.registry import run_stage
 from trainkit import final_weights, max_difference, tiny_params, train_losses
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny-losses.json"
@@ -37,7 +37,7 @@ def test_the_first_20_losses_of_the_tiny_config_match_the_committed_curve(demo_t
 
 
 def _tiny_model(architecture="gpt2", optimizer="adamw"):
-    from pipeline import params as params_module
+    from pipeline.core import params as params_module
 
     torch.manual_seed(0)
     model = params_module.Model(architecture=architecture, n_layer=1, n_embd=16, n_head=2, context=8, dropout=0.0)
@@ -189,7 +189,7 @@ def test_a_restored_muon_state_continues_bitwise(architecture):
 
 def _stop_after(monkeypatch, at_step: int) -> None:
     """SIGTERM's own path (Trainer._interrupted: checkpoint, then stop) right after step `at_step`."""
-    from pipeline import train
+    from pipeline.stages import train
 
     real = train.Trainer._train_step
 
@@ -204,8 +204,8 @@ def _stop_after(monkeypatch, at_step: int) -> None:
 @pytest.mark.parametrize("architecture,optimizer,tied", [(a, o, not (a == "qwen3" and o == "muon")) for a, o in COMBOS])
 def test_each_recipe_trains_resumes_exactly_and_ships_a_model_that_generates(demo_tokens, tmp_path, monkeypatch,
                                                                              architecture, optimizer, tied):
-    from pipeline import train
-    from pipeline.evaluate import load_model
+    from pipeline.stages import train
+    from pipeline.stages.evaluate import load_model
 
     run = ("train.max_steps=8", "train.checkpoint_every=4", "train.eval_every=4", f"train.optimizer={optimizer}",
            f"model.architecture={architecture}", f"model.tie_embeddings={str(tied).lower()}", "train.muon_lr=0.05")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.stages import run_stage
-from pipeline import estimate, params as params_module, tokenize
-from pipeline.corpus import Corpus, is_val
-from pipeline.errors import PipelineError
-from pipeline.tokens import TokenWriter, read_header, read_tokens
+from pipeline.registry import run_stage
+from pipeline.stages import estimate, tokenize
+from pipeline.core import params as params_module
+from pipeline.data.corpus import Corpus, is_val
+from pipeline.core.errors import PipelineError
+from pipeline.data.tokens import TokenWriter, read_header, read_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 AZ = "Azərbaycan dili: ə ğ ı İ ö ş ü ç."

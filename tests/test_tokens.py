@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.tokens import HEADER_BYTES, MAGIC, TokenWriter, dtype_for_vocab, read_header, read_tokens, write_tokens
+from pipeline.core.errors import PipelineError
+from pipeline.data.tokens import HEADER_BYTES, MAGIC, TokenWriter, dtype_for_vocab, read_header, read_tokens, write_tokens
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])

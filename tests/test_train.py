@@ -12,13 +12,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.stages import run_stage
-from pipeline import checkpoint as ckpt
-from pipeline import hardware, plan as planning, step, train
-from pipeline.batches import TrainWindows, stack_windows, val_starts
-from pipeline.errors import PipelineError
-from pipeline.model import count_parameters
-from pipeline.tokens import read_tokens
+from pipeline.registry import run_stage
+from pipeline.engine import checkpoint as ckpt
+from pipeline.cost import hardware
+from pipeline.engine import plan as planning, step
+from pipeline.stages import train
+from pipeline.data.batches import TrainWindows, stack_windows, val_starts
+from pipeline.core.errors import PipelineError
+from pipeline.model.build import count_parameters
+from pipeline.data.tokens import read_tokens
 from trainkit import ROOT, cli, env, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
 
 

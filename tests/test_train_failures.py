@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.provenance import file_sha256
-from pipeline.tokens import write_tokens
+from pipeline.core.provenance import file_sha256
+from pipeline.data.tokens import write_tokens
 from trainkit import cli, report, run_cli, tiny_params
 
 
@@ -105,8 +105,8 @@ def test_bad_json_in_a_checkpoint_is_set_aside_shown_and_the_run_goes_on(demo_to
 def test_skipped_fp16_steps_are_shown_on_the_terminal(demo_tokens, tmp_path, monkeypatch, capsys):
     import math
 
-    from pipeline import step
-    from pipeline.stages import run_stage
+    from pipeline.engine import step
+    from pipeline.registry import run_stage
 
     real_update, calls = step.TrainStep.update, {"n": 0}
 
@@ -139,7 +139,7 @@ def test_a_full_disk_for_checkpoints_is_one_message_and_keeps_what_was_kept(demo
         assert "disk space" in error and str(ckpts) in error and "train.keep_last" in error
         kept = sorted(p.name for p in ckpts.glob("step-*"))
         assert kept  # what was written before the disk filled is intact
-        from pipeline import checkpoint
+        from pipeline.engine import checkpoint
 
         for name in kept:
             checkpoint.verify(ckpts / name)

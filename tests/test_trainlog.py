@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline import params as params_module
-from pipeline.trainlog import TrainLog
+from pipeline.core import params as params_module
+from pipeline.engine.trainlog import TrainLog
 from trainkit import ROOT
 
 

@@ -3,7 +3,7 @@
 2 layers x 64 wide, context 64, 8 sequences (512 tokens) per optimizer step: a step costs
 milliseconds, so the tests can afford real training runs. The recipe is pinned to gpt2 + AdamW,
 whose fp32 loss curve is the same on every CPU to float rounding (tests/golden); Muon's Newton-
-Schulz precision follows the CPU (pipeline.compute.newton_schulz_precision). tests/test_step.py
+Schulz precision follows the CPU (pipeline.model.compute.newton_schulz_precision). tests/test_step.py
 runs every architecture x optimizer through the stage, and the end-to-end tests (tests/tiny.yaml)
 run the default recipe.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pipeline import params as params_module
+from pipeline.core import params as params_module
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_FILES = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]

@@ -1,0 +1,208 @@
+"""The device catalog: pipeline/cost/hardware.yaml plus params.cost.extra_hardware, validated.
+
+    device = get_device(params.cost)       # the target of the run
+    devices = catalog(params.cost.extra_hardware)
+
+An entry with `detect: true` (the packaged `cpu`) is this machine: the DETECTED fields it does not
+set come from pipeline.cost.cpuinfo when the entry is built, never at import, and Device.detected
+records what was found and how.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.cost import cpuinfo
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Cost
+
+CATALOG_FILE = Path(__file__).with_name("hardware.yaml")
+from pipeline.core.units import GIB  # noqa: E402
+PRECISIONS = ("fp32", "fp16", "bf16")
+DETECTED = ("description", "memory_gib", "peak_tflops", "bf16_native")
+
+
+class _Peak(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fp32: float = Field(gt=0)
+    fp16: float = Field(gt=0)
+    bf16: float = Field(gt=0)
+
+
+class _Spec(BaseModel):
+    """One catalog entry as written in YAML (human units)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    detect: bool = False                # fill the DETECTED fields not given from this machine
+    description: str
+    kind: Literal["cpu", "cuda"]
+    memory_gib: float = Field(gt=0)
+    memory_bandwidth_gbps: float = Field(gt=0)
+    peak_tflops: _Peak
+    bf16_native: bool
+    power_watts: float = Field(gt=0)
+    usd_per_hour_on_demand: float | None = Field(gt=0)
+    usd_per_hour_spot: float | None = Field(gt=0)
+    colab_units_per_hour: float | None = Field(gt=0)
+    mfu_default: float = Field(gt=0, le=1)
+    # where a precision reaches another share of its own peak (a CPU's AMX bf16 matmuls are ~6x its
+    # fp32 ones, the rest of the step is not)
+    mfu_by_precision: dict[Literal["fp32", "fp16", "bf16"], float] = {}
+    runtime_overhead_gib: float = Field(ge=0)
+    sources: dict[str, str]
+
+
+class _Colab(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    usd_per_compute_unit: float = Field(gt=0)
+    source: str
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    kind: str                         # "cpu" | "cuda"
+    memory_bytes: int                 # what a run can allocate on one device
+    memory_bandwidth: float           # bytes/s
+    peak_flops: dict[str, float]      # dense FLOP/s by precision "fp32" / "fp16" / "bf16"
+    bf16_native: bool
+    power_watts: float
+    usd_per_hour_on_demand: float | None
+    usd_per_hour_spot: float | None
+    usd_per_hour_colab: float | None  # Colab compute units per hour x price per unit
+    mfu_default: float
+    runtime_overhead_bytes: int       # CUDA context + library workspaces, or process footprint
+    sources: dict[str, str] = field(default_factory=dict)
+    detected: dict[str, Any] | None = None  # pipeline.cost.cpuinfo.profile() where the entry was detected
+    mfu_by_precision: dict[str, float] = field(default_factory=dict)
+
+    def mfu(self, precision: str) -> float:
+        """The catalog's assumed MFU of a run in `precision` (model FLOPs over that precision's peak)."""
+        return self.mfu_by_precision.get(precision, self.mfu_default)
+
+    def usd_per_hour(self, pricing: str) -> float | None:
+        """The catalog price for on_demand / spot / colab; None where not rented that way."""
+        return {"on_demand": self.usd_per_hour_on_demand, "spot": self.usd_per_hour_spot,
+                "colab": self.usd_per_hour_colab}.get(pricing)
+
+
+def catalog(extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Device]:
+    """Every device: the packaged catalog, then params entries (a known name takes only the fields
+    it changes; a new name needs every field)."""
+    return _build(_entries(extra), extra)
+
+
+def get_device(cost: Cost) -> Device:
+    """The device named by cost.hardware. Only its entry is built: naming a GPU never measures this CPU."""
+    entries = _entries(cost.extra_hardware)
+    if cost.hardware not in entries:
+        close = difflib.get_close_matches(cost.hardware, entries, n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise PipelineError(f"cost.hardware: unknown device {cost.hardware!r}; {guess}known: {', '.join(entries)} "
+                            "(or describe it under cost.extra_hardware)")
+    return _build({cost.hardware: entries[cost.hardware]}, cost.extra_hardware)[cost.hardware]
+
+
+@lru_cache(maxsize=1)
+def _packaged() -> tuple[dict[str, Any], _Colab]:
+    data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8"))
+    return data["devices"], _Colab.model_validate(data["colab"])
+
+
+def _entries(extra: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """The packaged entries with params' merged over them, still unvalidated."""
+    entries = {name: dict(spec) for name, spec in _packaged()[0].items()}
+    for name, spec in (extra or {}).items():
+        if not isinstance(spec, dict):
+            raise PipelineError(f"cost.extra_hardware.{name} must be a mapping of fields "
+                                f"(see pipeline/cost/hardware.yaml), not {type(spec).__name__}")
+        entries[name] = {**entries.get(name, {}), **spec}
+    return entries
+
+
+def _build(entries: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]] | None) -> dict[str, Device]:
+    """Devices from validated entries, or one error naming every bad field."""
+    colab = _packaged()[1]
+    problems, devices = [], {}
+    for name, entry in entries.items():
+        where = f"cost.extra_hardware.{name}" if name in (extra or {}) else f"{CATALOG_FILE.name}: {name}"
+        entry, detected = _with_detected(entry)
+        try:
+            devices[name] = _device(name, _Spec.model_validate(entry), colab, detected)
+        except ValidationError as exc:
+            problems += [f"{where}.{'.'.join(str(p) for p in e['loc'])}: "
+                         f"{'missing' if e['type'] == 'missing' else e['msg']}" for e in exc.errors()]
+    if problems:
+        raise PipelineError("invalid hardware entries:\n" + "\n".join(f"  - {p}" for p in problems)
+                            + "\nFix them (every field of pipeline/cost/hardware.yaml, prices and MFU > 0).")
+    return devices
+
+
+def _with_detected(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A `detect: true` entry with the DETECTED fields it lacks (and their sources) taken from this
+    machine, and the profile they came from; any other entry as it is, and None."""
+    missing = [name for name in DETECTED if name not in entry]
+    if entry.get("detect") is not True or not missing:
+        return entry, None
+    found = cpuinfo.profile()
+    fields, sources = _detected_fields(found), _detected_sources(found)
+    filled = {**{name: fields[name] for name in missing}, **entry}
+    if isinstance(entry.get("sources", {}), dict):  # anything else is left for validation to name
+        filled["sources"] = {**{name: sources[name] for name in missing}, **entry.get("sources", {})}
+    return filled, found
+
+
+def _detected_fields(found: dict[str, Any]) -> dict[str, Any]:
+    bf16 = "native" if found["bf16_native"] else "no native"
+    return {"description": f"this machine: {found['model']}, {found['cores']} cores usable, {bf16} bf16 "
+                           f"(flags: {' '.join(found['flags']) or 'none of ' + ' '.join(cpuinfo.ISA_FLAGS)}), owned",
+            "memory_gib": found["memory_bytes"] / GIB,
+            "peak_tflops": {p: flops / 1e12 for p, flops in found["peak_flops"].items()},
+            "bf16_native": found["bf16_native"]}
+
+
+def _detected_sources(found: dict[str, Any]) -> dict[str, str]:
+    sizes = ", ".join(f"{p} {run['size']}" for p, run in found["matmul"].items())
+    cached = f"cached in {found['cache_file']}" if found["cache_file"] else "not cached"
+    bf16_flags = sorted(cpuinfo.BF16_FLAGS & set(found["flags"]))
+    return {"description": f"detected: {found['model_source']}; {found['cores_source']}",
+            "memory_gib": f"detected: {found['memory_source']}",
+            "peak_tflops": f"measured on this machine at {found['measured_at']}, load average "
+                           f"{found['load_average']:g}: fastest square matmul on {found['cores']} threads, torch "
+                           f"{found['torch_version']} (sizes {sizes}); {cached}; other processes on these cores "
+                           f"lower it: `{found['remeasure']}` on a quiet machine measures again",
+            "bf16_native": f"detected: {found['flags_source']} list "
+                           f"{' and '.join(bf16_flags) or 'neither avx512_bf16 nor amx_bf16'}; "
+                           f"torch.backends.cpu.get_cpu_capability() is {found['torch_cpu_capability']}"}
+
+
+def _device(name: str, spec: _Spec, colab: _Colab, detected: dict[str, Any] | None) -> Device:
+    colab_usd = spec.colab_units_per_hour * colab.usd_per_compute_unit if spec.colab_units_per_hour else None
+    sources = dict(spec.sources)
+    if colab_usd is not None:
+        sources["usd_per_hour_colab"] = colab.source
+    return Device(
+        name=name,
+        description=spec.description,
+        kind=spec.kind,
+        memory_bytes=int(spec.memory_gib * GIB),
+        memory_bandwidth=spec.memory_bandwidth_gbps * 1e9,
+        peak_flops={p: getattr(spec.peak_tflops, p) * 1e12 for p in PRECISIONS},
+        bf16_native=spec.bf16_native,
+        power_watts=spec.power_watts,
+        usd_per_hour_on_demand=spec.usd_per_hour_on_demand,
+        usd_per_hour_spot=spec.usd_per_hour_spot,
+        usd_per_hour_colab=colab_usd,
+        mfu_default=spec.mfu_default,
+        mfu_by_precision=dict(spec.mfu_by_precision),
+        runtime_overhead_bytes=int(spec.runtime_overhead_gib * GIB),
+        sources=sources,
+        detected=detected,
+    )

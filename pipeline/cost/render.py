@@ -1,0 +1,86 @@
+"""The cost report for people: reports/cost.md and the estimate's terminal summary."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.core.units import fmt, num
+from pipeline.cost.planner import describe
+from pipeline.engine.plan import Plan
+from pipeline.cost.report import CostReport
+
+def _pricing_words(pricing: str) -> str:
+    if pricing in ("on_demand", "owned"):
+        return "on-demand price"
+    return f"{pricing} price where it has one, else on-demand"
+
+
+def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: str | None) -> str:
+    r = report.as_dict()
+    plan = r["plan"]
+    if refusal:
+        status = f"**REFUSED** (exit 3): {refusal}"
+    elif r["override"]:
+        status = f"**Over budget ({', '.join(r['over_budget'])}), run allowed by cost.override_budget.**"
+    else:
+        status = "Within budget: the run may go ahead."
+    budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items() if v is not None) or "none"
+    mem = "\n".join(f"| {k} | {fmt(v, 'GiB')} |" for k, v in r["memory"].items())
+    lines = [
+        f"# Cost estimate: {r['device']}",
+        "",
+        status,
+        "",
+        f"- Device: {r['device_description']} x {r['num_devices']}",
+        f"- Model: {r['parameters']:,} parameters, {r['flops_per_token']:.3g} training FLOPs per token "
+        "(6N + attention, as nanoGPT counts)",
+        f"- Tokens: {r['tokens']:,} in {r['steps']:,} steps of {r['tokens_per_step']:,} "
+        f"({r['epochs']:.2f} epochs of the {r['train_tokens_available']:,} train tokens)" if r["epochs"] is not None
+        else f"- Tokens: {r['tokens']:,}",
+        f"- Compute: {r['flops']:.3g} model FLOPs; {r['executed_flops']:.3g} executed, with "
+        f"{r['eval_flops']:.3g} for validation"
+        + (f" and x{r['recompute_factor']:.2f} for recompute (activation checkpointing)"
+           if r["recompute_factor"] != 1 else ""),
+        f"- Plan: {describe(Plan(**plan))} ({'fits' if r['fits'] else 'does NOT fit'}: "
+        f"{fmt(r['peak_memory_bytes'], 'GiB')} of {fmt(r['memory_usable_bytes'], 'GiB')} usable)",
+        f"- MFU: {r['mfu']:.1%} ({r['mfu_source']})",
+        f"- Time: {fmt(r['hours'], 'h')} ({fmt(r['step_hours'], 'h')} of optimizer steps at "
+        f"{r['tokens_per_second']:,.0f} tokens/s, the rest validation) at {r['peak_flops'] / 1e12:.3g} TFLOP/s peak",
+        f"- Money: {fmt(r['usd'], '$')} ({r['usd_basis']})",
+        f"- Energy: {fmt(r['kwh'], 'kWh')}, {fmt(r['co2_kg'], 'kg CO2')}",
+        f"- Budget: {budget}",
+        "",
+        "## Peak memory per device",
+        "",
+        "| part | size |",
+        "| --- | --- |",
+        mem,
+        f"| **total** | **{fmt(r['peak_memory_bytes'], 'GiB')}** |",
+        "",
+        "## What if: every catalog device, 1x and 10x the tokens",
+        "",
+        "Each device planned automatically, at its catalog MFU (this run's MFU for "
+        f"{r['device']}); $ at its {_pricing_words(r['pricing'])}, else electricity (owned).",
+        "",
+        "| device | tokens | fits | plan | peak memory | hours | $ | kWh |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in what_if:
+        lines.append(f"| {row['device']} | {row['tokens']:,} ({row['scale']}x) | {'yes' if row['fits'] else 'no'} | "
+                     f"{describe(row['plan'])} | {fmt(row['peak_memory_bytes'], 'GiB')} | "
+                     f"{fmt(row['hours'], 'h')} | {fmt(row['usd'], '$')} ({row['pricing']}) | {num(row['kwh'])} |")
+    lines += ["", "## Sources", ""] + [f"- {k}: {v}" for k, v in r["sources"].items()]
+    if r["detected"]:
+        lines += ["", "## This machine, as detected", ""] + [f"- {k}: {v}" for k, v in r["detected"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
+    r = report.as_dict()
+    head = (f"estimate: {r['device']} x {r['num_devices']}: {r['tokens']:,} tokens, {r['flops']:.3g} FLOPs, "
+            f"{describe(Plan(**r['plan']))}, peak {fmt(r['peak_memory_bytes'], 'GiB')} of "
+            f"{fmt(r['memory_usable_bytes'], 'GiB')} ({'fits' if r['fits'] else 'DOES NOT FIT'}); "
+            f"{fmt(r['hours'], 'h')}, {fmt(r['usd'], '$')}, {fmt(r['kwh'], 'kWh')} at MFU {r['mfu']:.1%}")
+    rows = [f"  {'device':<20} {'fits':<4} {'hours':>22} {'$':>12} {'kWh':>10}"]
+    rows += [f"  {row['device']:<20} {'yes' if row['fits'] else 'no':<4} {fmt(row['hours'], 'h'):>22} "
+             f"{fmt(row['usd'], '$'):>12} {num(row['kwh']):>10}" for row in what_if if row["scale"] == 1]
+    return head + "\n" + "\n".join(rows)
