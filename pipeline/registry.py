@@ -194,7 +194,7 @@ STAGES: tuple[Stage, ...] = (
         help="FLOPs, memory fit, hours, dollars, energy; stop when over budget",
         inputs=(TOKENS, TOKENIZER),
         params=("paths.tokens", "paths.tokenizer", "paths.reports", "model", "cost",
-                "train.tokens_per_step", "train.max_steps", "train.max_tokens", "train.eval_every",
+                "train.tokens_per_step", "train.max_steps", "train.max_tokens", "train.eval_every", "train.optimizer",
                 "train.eval_batches", "train.micro_batch_size", "train.precision",
                 "train.activation_checkpointing", "train.device", "train.seed"),
         outputs=(PLAN, COST_MD, COST),
@@ -213,7 +213,7 @@ STAGES: tuple[Stage, ...] = (
         name="evaluate",
         help="validation loss, perplexity, samples, estimate against actual",
         # It also reads the model, the training curves and the checkpoints (READS_UNDECLARED).
-        inputs=(TOKENS, TOKENIZER, COST, TRAIN_REPORT),
+        inputs=(TOKENS, TOKENIZER, TRAIN_REPORT),
         params=("paths", "model.context", "train.device", "train.tokens_per_step", "evaluate"),
         outputs=(SAMPLES, SUMMARY, PLOTS, EVAL, METRICS),
         gpu=True,

@@ -8,14 +8,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "tiny.yaml"
-_OUTPUTS = shutil.ignore_patterns(".venv", ".git", "data", "checkpoints", "models", "reports", "logs",
-                                  ".snakemake", "cache", "tmp", "__pycache__", ".pytest_cache",
-                                  "bench", "dvclive")
+# outputs and tools at the top of the repository (pipeline/reports/ is code, reports/ an output)
+_TOP_OUTPUTS = {".venv", ".git", "data", "checkpoints", "models", "reports", "logs", ".snakemake", "cache", "tmp",
+                ".pytest_cache", "bench", "dvclive"}
+
+
+def _outputs(directory: str, names: list[str]) -> set[str]:
+    top = Path(directory).resolve() == ROOT
+    return {n for n in names if n == "__pycache__" or (top and n in _TOP_OUTPUTS)}
 
 
 def copy_checkout(dest: Path) -> str:
     """Copy the sources (no outputs) to `dest`, commit them, return the revision."""
-    shutil.copytree(ROOT, dest, ignore=_OUTPUTS)
+    shutil.copytree(ROOT, dest, ignore=_outputs)
     git = ["git", "-C", str(dest), "-c", "user.name=t", "-c", "user.email=t@t"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "checkout"]):
         subprocess.run(git + args, check=True, capture_output=True)

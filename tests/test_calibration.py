@@ -24,7 +24,7 @@ def stage(name, demo_tokens, base, env, *overrides):
     return json.loads((base / "reports" / "cost.json").read_text()) if name == "estimate" else None
 
 
-def test_the_second_estimate_learns_from_the_first_run(demo_tokens, tmp_path):
+def test_the_next_run_of_the_same_shape_learns_from_the_first_but_never_a_run_from_itself(demo_tokens, tmp_path):
     # a cache of this test's own, with the CPU already measured: no other run's lessons in it
     cache = tmp_path / "cache"
     shutil.copytree(os.environ["BUDGETGPT_CACHE_DIR"], cache, ignore=shutil.ignore_patterns(calibration.FILE_NAME))
@@ -36,12 +36,20 @@ def test_the_second_estimate_learns_from_the_first_run(demo_tokens, tmp_path):
     stage("train", demo_tokens, tmp_path, env, *run)
     actual = report(tmp_path)["wall_hours"]
     learned = json.loads((cache / calibration.FILE_NAME).read_text())
-    assert len(learned) == 1 and 0 < next(iter(learned.values()))["mfu"] <= 1
+    [runs] = learned.values()
+    assert len(runs) == 1 and 0 < next(iter(runs.values()))["mfu"] <= 1
 
-    second = stage("estimate", demo_tokens, tmp_path, env, *run)
-    assert second["mfu_source"].startswith("learned: measured by the train stage on this machine")
-    assert "learned" in (tmp_path / "reports" / "cost.md").read_text()
+    # the same run estimated again (a price edit reruns estimate): its own measurement would make
+    # the estimate look perfect against the run it came from
+    again = stage("estimate", demo_tokens, tmp_path, env, *run)
+    assert again["mfu_source"].startswith("catalog default") and again["hours"] == first["hours"]
+
+    # another run of the same shape on this machine (another seed): priced from the first one
+    other = tmp_path / "other"
+    second = stage("estimate", demo_tokens, other, env, *run, "train.seed=7")
+    assert second["mfu_source"].startswith("learned: measured by an earlier train run of this shape")
+    assert "learned" in (other / "reports" / "cost.md").read_text()
     assert abs(second["hours"] - actual) < abs(first["hours"] - actual), (first["hours"], second["hours"], actual)
 
-    ignored = stage("estimate", demo_tokens, tmp_path, env, *run, "cost.learn_mfu=false")
+    ignored = stage("estimate", demo_tokens, other, env, *run, "train.seed=7", "cost.learn_mfu=false")
     assert ignored["mfu_source"].startswith("catalog default")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.__main__ import STAGES, TOOLS
+from pipeline.__main__ import TOOLS
+from pipeline.registry import STAGES as _STAGES
+
+STAGES = [s.name for s in _STAGES]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ["--params", "params.yaml", "--params", "params/demo.yaml"]

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.registry import run_stage
 from pipeline.engine import checkpoint as ckpt
-from pipeline.stages import train
+from pipeline.engine import trainer as train
 from trainkit import cli, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
 
 RUN = ("train.micro_batch_size=2", "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2")
@@ -22,7 +22,7 @@ def test_two_processes_match_one_with_twice_the_accumulation(demo_tokens, tmp_pa
     assert (one["world"], one["grad_accum_steps"]) == (1, 4)
 
     ddp = tmp_path / "ddp"
-    args = cli(demo_tokens, ddp, *RUN)
+    args = cli(demo_tokens, ddp, *RUN, "cost.num_devices=2")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "pipeline", *args[3:]]
     done = run_cli(torchrun)

@@ -98,6 +98,12 @@ def _set(work: Path, key: str, value) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{path} no longer holds {old}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
 def _later(path: Path) -> None:
     """A new modification time, the content unchanged."""
     stamp = time.time() + 2
@@ -139,14 +145,28 @@ def _both_drivers_matrix(driver, work: Path) -> None:
     _expect(driver, work, "a train value", ["train", "evaluate"])
     _set(work, "model.context", 32)
     _expect(driver, work, "model.context", ["estimate", "train", "evaluate"])
+    _set(work, "train.optimizer", "adamw")   # the plan is sized and priced for the optimizer
+    _expect(driver, work, "train.optimizer", ["estimate", "train", "evaluate"])
+
+    # Code and catalog edits rerun the stages whose outputs they can change, never train: the
+    # plan carries what train needs of the catalog, and the run is held against the estimate it
+    # was gated with (train.json), so a later estimate changes no other stage's output.
+    trained = (work / "reports/train.json").read_bytes()
+    _edit(work / "pipeline/cost/hardware.yaml", "usd_per_hour_on_demand: 0.526", "usd_per_hour_on_demand: 0.6")
+    _expect(driver, work, "a catalog price", ["estimate"])
+    _edit(work / "pipeline/cost/render.py", '"## Sources"', '"## Where each figure comes from"')
+    _expect(driver, work, "the cost report's wording", ["estimate"])
+    _edit(work / "pipeline/reports/plots.py", '"tab:red"', '"tab:orange"')
+    _expect(driver, work, "a plot colour", ["evaluate"])
+    assert (work / "reports/train.json").read_bytes() == trained
 
     # The gate after training: the refusal keeps what was trained, and the fix, a budget change
-    # like any other, reruns estimate and evaluate, never train: the plan did not change.
+    # like any other, reruns estimate alone, never train: the plan did not change.
     trained = (work / "reports/train.json").read_bytes()
     _refused(driver, work, ["estimate"])
     assert (work / "reports/train.json").read_bytes() == trained
     _set(work, "cost.budget_hours", 2.0)
-    _expect(driver, work, "a budget (fixed after a refusal)", ["estimate", "evaluate"])
+    _expect(driver, work, "a budget (fixed after a refusal)", ["estimate"])
 
 
 def test_snakemake_reruns_exactly_what_changed(project):
@@ -176,7 +196,7 @@ def test_snakemake_reruns_exactly_what_changed(project):
     (work / "more.yaml").write_text("train:\n  max_steps: 9\n")
     files = ("--configfile", "more.yaml")
     _expect(snakemake, work, "train.max_steps in a --configfile", ["estimate", "train", "evaluate"], *files)
-    _expect(snakemake, work, "--config 'cost={budget_usd: null}'", ["estimate", "evaluate"],
+    _expect(snakemake, work, "--config 'cost={budget_usd: null}'", ["estimate"],
             *files, "--config", "cost={budget_usd: null}")
     _expect(snakemake, work, "an evaluate value in --config", ["evaluate"],
             *files, "--config", "cost={budget_usd: null}", "evaluate={max_new_tokens: 5}")

@@ -110,7 +110,7 @@ def test_missing_packages_are_named_before_anything_is_imported():
     code = ("import importlib.util as u, sys\n"
             "real = u.find_spec\n"
             "u.find_spec = lambda name, *a: None if name in ('pydantic', 'yaml') else real(name, *a)\n"
-            "from pipeline import gpucheck\n"
+            "from pipeline.tools import gpucheck\n"
             "code = gpucheck.cli(['--device', 'cpu'])\n"
             "print(sorted(m for m in ('torch', 'transformers', 'pydantic', 'yaml') if m in sys.modules))\n"
             "sys.exit(code)\n")
@@ -129,30 +129,26 @@ def test_an_older_transformers_is_named_too(monkeypatch):
 
 def _third_party_imports(start: str) -> set[str]:
     """Top-level non-stdlib names imported anywhere in `start` and the pipeline modules it imports."""
-    seen, found, todo = set(), set(), [start]
-    while todo:
-        name = todo.pop()
-        if name in seen:
+    from pipeline.registry import code_deps
+
+    found = set()
+    for file in code_deps(start):
+        if not file.endswith(".py"):
             continue
-        seen.add(name)
-        for node in ast.walk(ast.parse((ROOT / "pipeline" / f"{name}.py").read_text(encoding="utf-8"))):
+        for node in ast.walk(ast.parse((ROOT / file).read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                modules = [node.module] + [f"pipeline.{a.name}" for a in node.names if node.module == "pipeline"]
+                modules = [node.module]
             else:
                 continue
-            for module in modules:
-                parts = module.split(".")
-                if parts[0] == "pipeline" and len(parts) > 1 and (ROOT / "pipeline" / f"{parts[1]}.py").is_file():
-                    todo.append(parts[1])
-                elif parts[0] not in sys.stdlib_module_names and parts[0] not in ("pipeline", "__future__"):
-                    found.add(parts[0])
+            found |= {m.split(".")[0] for m in modules
+                      if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] not in ("pipeline", "__future__")}
     return found
 
 
 def test_required_lists_every_package_the_check_imports():
-    assert _third_party_imports("gpucheck") <= set(gpucheck.REQUIRED) | OPTIONAL
+    assert _third_party_imports("pipeline.tools.gpucheck") <= set(gpucheck.REQUIRED) | OPTIONAL
 
 
 def test_the_standalone_command_has_help():

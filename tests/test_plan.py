@@ -1,5 +1,5 @@
-"""The plan as train runs it: made for this kind of device, agreeing with params, or planned here
-by the same planner; the precision rules."""
+"""The plan as train runs it: made for this kind of device and agreeing with params, or refused;
+the planner's precision rules."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ import pytest
 from pipeline.cost import hardware
 from pipeline.core import params as params_module
 from pipeline.core.errors import PipelineError
-from pipeline.engine.plan import Plan, native_precision, plan_for, setup_for
+from pipeline.cost.planner import native_precision, plan_for
+from pipeline.engine.plan import Plan, setup_for
 from trainkit import ROOT
 
 
@@ -17,7 +18,8 @@ def params(*overrides):
 
 def write_plan(path, **changes):
     fields = {"device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 8, "grad_accum_steps": 2,
-              "precision": "fp32", "activation_checkpointing": False, "tokens_per_step": 4096} | changes
+              "precision": "fp32", "activation_checkpointing": False, "tokens_per_step": 4096, "peak_flops": 1e12,
+              "calibration_key": "cpu|test"} | changes
     Plan.make(**fields).write(path)
     return path
 
@@ -34,7 +36,7 @@ def test_precision_rules_follow_the_catalog():
 def test_a_plan_for_another_kind_of_device_is_refused(tmp_path):
     plan = write_plan(tmp_path / "plan.json", device="t4-16gb", device_kind="cuda", precision="fp16")
     with pytest.raises(PipelineError, match=r"plans for cost.hardware t4-16gb \(a cuda device\) but this run is on cpu"):
-        setup_for(params(), plan, "cpu", 1, 4096)
+        setup_for(params(), plan, "cpu", 1)
 
 
 @pytest.mark.parametrize("override, says", [
@@ -44,19 +46,24 @@ def test_a_plan_for_another_kind_of_device_is_refused(tmp_path):
 def test_a_plan_that_disagrees_with_params_is_stale(tmp_path, override, says):
     plan = write_plan(tmp_path / "plan.json")
     with pytest.raises(PipelineError, match=says):
-        setup_for(params(override), plan, "cpu", 1, 4096)
+        setup_for(params(override), plan, "cpu", 1)
 
 
 def test_a_plan_for_other_process_counts_is_refused(tmp_path):
     plan = write_plan(tmp_path / "plan.json")
     with pytest.raises(PipelineError, match=r"plans for 1 device\(s\) .* this run has 2 process\(es\)"):
-        setup_for(params(), plan, "cpu", 2, 4096)
+        setup_for(params(), plan, "cpu", 2)
 
 
-def test_without_a_plan_train_plans_with_the_same_planner(tmp_path, capsys):
+def test_without_a_plan_train_says_to_run_the_estimate_stage(tmp_path):
+    with pytest.raises(PipelineError, match=r"absent.json not found: run the estimate stage first"):
+        setup_for(params(), tmp_path / "absent.json", "cpu", 1)
+
+
+def test_the_plan_carries_what_train_needs_from_the_catalog():
+    """Train reads the device's peak and its calibration key from the plan, never the catalog."""
     p = params()
-    setup = setup_for(p, tmp_path / "absent.json", "cpu", 1, 4096)
-    expected = plan_for(p, hardware.get_device(p.cost), 4096).plan
-    assert (setup.micro_batch_size, setup.grad_accum_steps, setup.precision) == \
-        (expected.micro_batch_size, expected.grad_accum_steps, expected.precision)
-    assert "planned here" in capsys.readouterr().out
+    device = hardware.get_device(p.cost)
+    plan = plan_for(p, device, 4096).plan
+    assert plan.peak_flops == device.peak_flops[plan.precision]
+    assert plan.calibration_key.startswith(device.name) and f"/mb{plan.micro_batch_size}x" in plan.calibration_key

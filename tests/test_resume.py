@@ -8,7 +8,7 @@ import time
 
 from pipeline.registry import run_stage
 from pipeline.engine import checkpoint as ckpt
-from pipeline.stages import train
+from pipeline.engine import trainer as train
 from trainkit import ROOT, cli, env, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
 
 RUN = ("train.max_steps=30", "train.checkpoint_every=10", "train.eval_every=10")

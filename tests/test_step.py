@@ -189,7 +189,7 @@ def test_a_restored_muon_state_continues_bitwise(architecture):
 
 def _stop_after(monkeypatch, at_step: int) -> None:
     """SIGTERM's own path (Trainer._interrupted: checkpoint, then stop) right after step `at_step`."""
-    from pipeline.stages import train
+    from pipeline.engine import trainer as train
 
     real = train.Trainer._train_step
 
@@ -204,7 +204,7 @@ def _stop_after(monkeypatch, at_step: int) -> None:
 @pytest.mark.parametrize("architecture,optimizer,tied", [(a, o, not (a == "qwen3" and o == "muon")) for a, o in COMBOS])
 def test_each_recipe_trains_resumes_exactly_and_ships_a_model_that_generates(demo_tokens, tmp_path, monkeypatch,
                                                                              architecture, optimizer, tied):
-    from pipeline.stages import train
+    from pipeline.engine import trainer as train
     from pipeline.stages.evaluate import load_model
 
     run = ("train.max_steps=8", "train.checkpoint_every=4", "train.eval_every=4", f"train.optimizer={optimizer}",
@@ -261,7 +261,7 @@ def test_ddp_with_muon_matches_one_process_with_twice_the_accumulation(demo_toke
            "train.optimizer=muon", "model.architecture=qwen3")
     single = tmp_path / "single"
     one = run_stage("train", tiny_params(demo_tokens, single, *run)).as_dict()
-    args = cli(demo_tokens, tmp_path / "ddp", *run)
+    args = cli(demo_tokens, tmp_path / "ddp", *run, "cost.num_devices=2")
     done = run_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "pipeline", *args[3:]])
     assert done.returncode == 0, done.stderr

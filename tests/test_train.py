@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.registry import run_stage
 from pipeline.engine import checkpoint as ckpt
 from pipeline.cost import hardware
-from pipeline.engine import plan as planning, step
-from pipeline.stages import train
+from pipeline.cost import planner as planning
+from pipeline.engine import step
+from pipeline.engine import trainer as train
 from pipeline.data.batches import TrainWindows, stack_windows, val_starts
 from pipeline.core.errors import PipelineError
 from pipeline.model.build import count_parameters
@@ -114,40 +115,41 @@ def test_activation_checkpointing_changes_memory_not_results(demo_tokens, tmp_pa
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-6)
 
 
-def test_auto_values_come_from_the_plan_or_the_same_planner(demo_tokens, tmp_path, capsys):
+def test_auto_values_come_from_the_plan(demo_tokens, tmp_path):
     auto = ("train.micro_batch_size=auto", "train.precision=auto", "train.activation_checkpointing=auto",
             "train.max_steps=1")
-    params = tiny_params(demo_tokens, tmp_path / "noplan", *auto)
+    params = tiny_params(demo_tokens, tmp_path / "planner", *auto)
     result = run_stage("train", params).as_dict()
-    assert "plan.json not found; planned here" in capsys.readouterr().out
     expected = planning.plan_for(params, hardware.get_device(params.cost), demo_tokens.manifest["vocab_size"]).plan
     assert (result["micro_batch_size"], result["precision"], result["activation_checkpointing"]) == \
         (expected.micro_batch_size, expected.precision, expected.activation_checkpointing)
 
-    plan = {"format": 1, "device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 4,
-            "grad_accum_steps": 2, "precision": "fp32", "activation_checkpointing": True, "tokens_per_step": 512}
+    plan = {"format": 2, "device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 4,
+            "grad_accum_steps": 2, "precision": "fp32", "activation_checkpointing": True, "tokens_per_step": 512,
+            "peak_flops": 1e12, "calibration_key": "cpu|test"}
     (tmp_path / "plan" / "reports").mkdir(parents=True)
     (tmp_path / "plan" / "reports" / "plan.json").write_text(json.dumps(plan))
-    result = run_stage("train", tiny_params(demo_tokens, tmp_path / "plan", *auto)).as_dict()
+    result = run_stage("train", tiny_params(demo_tokens, tmp_path / "plan", *auto, plan=False)).as_dict()
     assert (result["micro_batch_size"], result["grad_accum_steps"], result["activation_checkpointing"]) == (4, 2, True)
     assert "plan.json" in result["settings_from"]
 
     plan["micro_batch_size"] = 3
     (tmp_path / "plan" / "reports" / "plan.json").write_text(json.dumps(plan))
     with pytest.raises(PipelineError, match="plan.json"):
-        run_stage("train", tiny_params(demo_tokens, tmp_path / "plan", *auto)).as_dict()
+        run_stage("train", tiny_params(demo_tokens, tmp_path / "plan", *auto, plan=False)).as_dict()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_gpu_plan_is_refused_on_a_cpu_with_one_clear_line(demo_tokens, tmp_path):
     """The defaults (cost.hardware t4-16gb, train.device auto) on a machine without a GPU: the T4
     plan (fp16, a GPU-sized micro-batch) must not silently run on the CPU."""
-    plan = {"format": 1, "device": "t4-16gb", "device_kind": "cuda", "devices": 1, "micro_batch_size": 8,
-            "grad_accum_steps": 1, "precision": "fp16", "activation_checkpointing": False, "tokens_per_step": 512}
+    plan = {"format": 2, "device": "t4-16gb", "device_kind": "cuda", "devices": 1, "micro_batch_size": 8,
+            "grad_accum_steps": 1, "precision": "fp16", "activation_checkpointing": False, "tokens_per_step": 512,
+            "peak_flops": 65e12, "calibration_key": "t4-16gb|test"}
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "plan.json").write_text(json.dumps(plan))
     args = cli(demo_tokens, tmp_path, "train.device=auto", "train.precision=auto", "train.micro_batch_size=auto",
-               "cost.hardware=t4-16gb")
+               "cost.hardware=t4-16gb", plan=False)
     done = run_cli(args)
     assert done.returncode == 2
     error = done.stderr.strip().splitlines()

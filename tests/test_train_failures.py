@@ -25,9 +25,9 @@ def data(demo_tokens, tmp_path):
     return root
 
 
-def train_cli(demo_tokens, base, data, *overrides):
+def train_cli(demo_tokens, base, data, *overrides, plan=True):
     return cli(demo_tokens, base, f"paths.tokens={data / 'tokens'}", f"paths.tokenizer={data / 'tokenizer'}",
-               *overrides)
+               *overrides, plan=plan)
 
 
 def one_error(done) -> str:
@@ -85,8 +85,9 @@ def test_bad_json_in_a_record_is_one_line_naming_the_file_and_the_stage_to_rerun
                                                                                 record, stage):
     target = data / record if record.startswith("tokens") else tmp_path / "reports" / record
     target.parent.mkdir(parents=True, exist_ok=True)
+    args = train_cli(demo_tokens, tmp_path, data)
     target.write_text('{"format": 1, "device": ')
-    error = one_error(run_cli(train_cli(demo_tokens, tmp_path, data)))
+    error = one_error(run_cli(args))
     assert str(target) in error and "is not valid JSON" in error and f"rerun the {stage} stage" in error
 
 

@@ -40,12 +40,27 @@ def tiny_sets(demo_tokens, base: Path, *overrides: str) -> list[str]:
     return paths + list(TINY) + list(overrides)
 
 
-def tiny_params(demo_tokens, base: Path, *overrides: str) -> params_module.Params:
-    return params_module.load(DEMO_FILES, tiny_sets(demo_tokens, base, *overrides))
+def tiny_params(demo_tokens, base: Path, *overrides: str, plan: bool = True) -> params_module.Params:
+    """The params, with the estimate stage's plan for them written where train reads it (as a
+    driver runs estimate first): the planner's own plan, without the estimate's pricing."""
+    params = params_module.load(DEMO_FILES, tiny_sets(demo_tokens, base, *overrides))
+    if plan:
+        write_plan(params, demo_tokens.manifest["vocab_size"])
+    return params
 
 
-def cli(demo_tokens, base: Path, *overrides: str) -> list[str]:
-    """The train stage's command line for the same run (for tests that signal the process)."""
+def write_plan(params: params_module.Params, vocab: int) -> None:
+    from pipeline.cost import hardware
+    from pipeline.cost.planner import plan_for
+
+    fit = plan_for(params, hardware.get_device(params.cost), vocab)
+    fit.plan.write(params.paths.reports / "plan.json")
+
+
+def cli(demo_tokens, base: Path, *overrides: str, plan: bool = True) -> list[str]:
+    """The train stage's command line for the same run (for tests that signal the process), its
+    plan written as tiny_params writes it."""
+    tiny_params(demo_tokens, base, *overrides, plan=plan)
     args = [sys.executable, "-m", "pipeline", "train"]
     for f in DEMO_FILES:
         args += ["--params", str(f)]

@@ -42,6 +42,9 @@ class TrainReport(Record):
     nonfinite_steps_skipped: int
     overflow_steps_skipped: int
     quarantined_checkpoints: list[str] = []
+    # the cost report (reports/cost.json) this run was gated with, as train read it when it
+    # started: evaluate holds the run against it, never against a later estimate
+    estimate: dict[str, Any] | None = None
     budget_guard: dict[str, Any] | None = None   # the last projection of the run's totals (pipeline/cost/budget.py)
     checkpoints: dict[str, Any] | None
     params: dict[str, Any]

@@ -94,6 +94,7 @@ class Trainer:
         val = val_starts(tokens / VAL_FILE, self.context, self.cfg.eval_batches * self.windows.seqs_per_step)
         self.val_mine = val[self.rank::self.world]
         self.caught: dict[str, int] = {}
+        self.estimate: dict[str, Any] | None = None  # the cost report this run was gated with
 
         torch.manual_seed(self.cfg.seed)
         self.raw = build_model(params.model, self.vocab, manifest.eot_token_id).to(accelerator.device)
@@ -453,12 +454,13 @@ class Trainer:
             final_weights=final_weights, wall_hours=self.train_hours + self.meter.run_hours(),
             **summary, kwh=kwh, kwh_source="nvml_total_energy" if kwh is not None else None,
             precision=precision, device=self.setup.device, parameters=self.parameters,
-            **{k: v for k, v in asdict(self.setup).items() if k not in ("device", "precision")},
+            **{k: v for k, v in asdict(self.setup).items()
+               if k not in ("device", "precision", "device_name", "peak_flops", "calibration_key")},
             loss={"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
                   "min": min(losses) if losses else None, "val": self.history["val"],
                   "best_val": _json_float(self.best_val)},
             **self.counts, quarantined_checkpoints=self.quarantined,
-            budget_guard=self.guard.last.as_dict() if self.guard.last else None,
+            estimate=self.estimate, budget_guard=self.guard.last.as_dict() if self.guard.last else None,
             checkpoints=ckpt.read_index(self.root),
             **record({"model": self.params.section("model"), "train": self.params.section("train")}),
         )

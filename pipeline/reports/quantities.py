@@ -19,19 +19,21 @@ QUANTITIES = {
 
 # ---- estimate against actual -------------------------------------------------------------------
 
-def estimate_vs_actual(cost: dict[str, Any] | None, train: dict[str, Any] | None, cost_path: Path,
-                       train_path: Path) -> dict[str, Any]:
-    """Each quantity as estimated (reports/cost.json) and measured (reports/train.json), error in %.
+def estimate_vs_actual(train: dict[str, Any] | None, train_path: Path) -> dict[str, Any]:
+    """Each quantity as estimated and measured (reports/train.json), error in %. The estimate is
+    the cost report the run was gated with, which train recorded when it started: a later
+    estimate (after a price edit, say) is not the one the money was committed on.
 
     Totals (hours, $, kWh, CO2) are estimated for the tokens actually trained: a run that stopped
     early is compared with the estimate's rate, not with the plan it did not finish.
     Error = (actual - estimate) / estimate, so +20% means the run took 20% more than estimated.
     """
-    absent = [str(path) for path, data in ((cost_path, cost), (train_path, train)) if data is None]
-    if absent:
+    cost = (train or {}).get("estimate")
+    if train is None or cost is None:
+        missing = f"{train_path} not found" if train is None else f"{train_path} records no estimate"
         return {"available": False,
-                "note": f"{' and '.join(absent)} not found: estimate against actual needs both the "
-                        "estimate and the train stage's reports"}
+                "note": f"{missing}: estimate against actual needs the train stage's report, with the "
+                        "estimate stage's cost report it was gated with (run estimate before train)"}
     planned, trained = cost.get("tokens"), train.get("tokens")
     scale = _ratio(trained, planned) or 1.0
     hours = train.get("wall_hours")

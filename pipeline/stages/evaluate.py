@@ -31,7 +31,6 @@ from pipeline.core.atomic import write_json, write_text
 from pipeline.core.errors import PipelineError
 from pipeline.model.build import count_parameters
 from pipeline.core.params import Params
-from pipeline.cost.report import CostReport
 from pipeline.engine.plan import resolve_device
 from pipeline.data.tokens import MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
 from pipeline.engine.report import TrainReport
@@ -57,7 +56,7 @@ class Score:
                 "bits_per_byte": self.nats / math.log(2) / self.val_bytes}
 
 
-def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Path, train_report: Path,
+def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, train_report: Path,
         train_live: Path, checkpoints: Path, samples_md: Path, summary_md: Path, plots_dir: Path,
         eval_report: Path, metrics: Path) -> dict[str, Any]:
     model_dir, tokens_dir, ckpt_dir = Path(model), Path(tokens), Path(checkpoints)
@@ -71,7 +70,6 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Pat
     prompt_ids = encode_prompts(tok, ev.prompts)
     device = torch.device(resolve_device(params.train.device))
     ckpt_manifest = checkpoint.read_index(ckpt_dir)
-    cost_report = _as_dict(CostReport.read_if_present(cost))
     train = _as_dict(TrainReport.read_if_present(train_report))
 
     def scorer(net: PreTrainedModel) -> Score:
@@ -88,7 +86,7 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Pat
     ckpt_results = evaluate_checkpoints(ckpt_dir, select_checkpoints(ckpt_manifest, ev.checkpoints), device,
                                         scorer, {final_fp: ("final", final)})
     baseline = unigram_baseline(tokens_dir, manifest, stream)
-    eva = report.estimate_vs_actual(cost_report, train, Path(cost), Path(train_report))
+    eva = report.estimate_vs_actual(train, Path(train_report))
 
     result = {
         **final.as_dict(),
@@ -106,7 +104,7 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, cost: Pat
     live = plots.read_live(Path(train_live), params.train.tokens_per_step)
     plots.write_all(Path(plots_dir), live, ckpt_results, eva, baseline.as_dict()["val_loss"])
     write_text(samples_md, report.samples_markdown(samples_out, ev))
-    files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": cost, "train": train_report,
+    files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": Path(params.paths.reports) / "cost.json", "train": train_report,
              "metrics": metrics}
     write_text(summary_md, report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files))
     used = {k: params.section(k) for k in ("paths", "model", "evaluate")}

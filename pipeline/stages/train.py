@@ -45,6 +45,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
     estimate = CostReport.read_if_present(cost)
     guard = BudgetGuard(estimate, params.cost.budget_tolerance, tokens_to_train(params))
     trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs, guard)
+    trainer.estimate = estimate.as_dict() if estimate else None
     try:
         with signals_caught() as caught:
             trainer.caught = caught
