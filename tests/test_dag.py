@@ -42,8 +42,34 @@ def test_stage_params_name_real_keys():
 def test_code_deps_refuse_a_misspelled_stage():
     from pipeline.registry import code_deps
 
-    with pytest.raises(ValueError, match="no module pipeline/trian.py"):
-        code_deps("trian")
+    with pytest.raises(ValueError, match="no module pipeline.stages.trian"):
+        code_deps("pipeline.stages.trian")
+
+
+def test_a_stages_code_deps_are_the_code_that_can_change_its_outputs():
+    """A catalog price, the cost report's wording, a plot's style or another stage's code never
+    reruns train: it gets the device peak through the plan, the budget through the cost record."""
+    deps = {stage.name: set(stage.all_deps) for stage in STAGES}
+    never_train = {"pipeline/cost/hardware.yaml", "pipeline/cost/hardware.py", "pipeline/cost/render.py",
+                   "pipeline/cost/pricing.py", "pipeline/cost/planner.py", "pipeline/reports/plots.py",
+                   "pipeline/stages/estimate.py", "pipeline/stages/evaluate.py", "pipeline/stages/tokenize.py"}
+    assert not deps["train"] & never_train, deps["train"] & never_train
+    assert "pipeline/engine/trainer.py" in deps["train"] and "pipeline/engine/plan.py" in deps["train"]
+    # evaluate holds the run against the estimate train recorded: no estimate code, no catalog
+    assert not deps["evaluate"] & {"pipeline/cost/hardware.yaml", "pipeline/cost/pricing.py",
+                                   "pipeline/stages/estimate.py", "pipeline/stages/train.py"}
+    assert "pipeline/cost/hardware.yaml" in deps["estimate"] and "pipeline/cost/render.py" in deps["estimate"]
+    # the tokenizer never depends on the model, the cost model or the engine
+    assert not {d for d in deps["tokenize"] if d.startswith(("pipeline/model/", "pipeline/cost/", "pipeline/engine/"))}
+
+
+def test_code_deps_follow_packages_and_submodules(tmp_path):
+    from pipeline.registry import code_deps
+
+    deps = code_deps("pipeline.stages.estimate")
+    # `from pipeline.cost import budget` names a module; its package's __init__ runs too
+    assert "pipeline/cost/budget.py" in deps and "pipeline/cost/__init__.py" in deps
+    assert deps[0] == "pipeline/__main__.py" and "pipeline/registry.py" not in deps
 
 
 def _dvc_stages() -> dict[str, dict]:
