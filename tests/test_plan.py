@@ -19,7 +19,8 @@ def params(*overrides):
 def write_plan(path, **changes):
     fields = {"device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 8, "grad_accum_steps": 2,
               "precision": "fp32", "activation_checkpointing": False, "tokens_per_step": 4096, "peak_flops": 1e12,
-              "calibration_key": "cpu|test"} | changes
+              "calibration_key": "cpu|test", "optimizer": params().train.optimizer,
+              "model": params().section("model")} | changes
     Plan.make(**fields).write(path)
     return path
 
@@ -44,6 +45,17 @@ def test_a_plan_for_another_kind_of_device_is_refused(tmp_path):
     ("train.tokens_per_step=8192", r"lays out 8 x 2 sequences .* rerun the estimate stage"),
 ])
 def test_a_plan_that_disagrees_with_params_is_stale(tmp_path, override, says):
+    plan = write_plan(tmp_path / "plan.json")
+    with pytest.raises(PipelineError, match=says):
+        setup_for(params(override), plan, "cpu", 1)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("train.optimizer=adamw", r"stale \(train.optimizer is adamw, the plan is for muon\)"),
+    ("model.n_layer=3", r"stale \(model.n_layer is 3, the plan has 4\)"),
+])
+def test_a_plan_made_for_another_optimizer_or_model_is_stale(tmp_path, override, says):
+    """A plan sized and priced for Muon must not train AdamW (its state does not fit where Muon's did)."""
     plan = write_plan(tmp_path / "plan.json")
     with pytest.raises(PipelineError, match=says):
         setup_for(params(override), plan, "cpu", 1)

@@ -10,7 +10,7 @@ from pipeline.engine.plan import Plan
 
 PLAN = {"device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 4, "grad_accum_steps": 2,
         "precision": "fp32", "activation_checkpointing": False, "tokens_per_step": 512, "peak_flops": 1e12,
-        "calibration_key": "cpu|test"}
+        "calibration_key": "cpu|test", "optimizer": "adamw", "model": {"n_layer": 2}}
 
 
 def test_a_record_round_trips_and_is_written_whole(tmp_path):

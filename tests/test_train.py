@@ -126,7 +126,8 @@ def test_auto_values_come_from_the_plan(demo_tokens, tmp_path):
 
     plan = {"format": 2, "device": "cpu", "device_kind": "cpu", "devices": 1, "micro_batch_size": 4,
             "grad_accum_steps": 2, "precision": "fp32", "activation_checkpointing": True, "tokens_per_step": 512,
-            "peak_flops": 1e12, "calibration_key": "cpu|test"}
+            "peak_flops": 1e12, "calibration_key": "cpu|test", "optimizer": "adamw",
+            "model": tiny_params(demo_tokens, tmp_path / "plan", *auto, plan=False).section("model")}
     (tmp_path / "plan" / "reports").mkdir(parents=True)
     (tmp_path / "plan" / "reports" / "plan.json").write_text(json.dumps(plan))
     result = run_stage("train", tiny_params(demo_tokens, tmp_path / "plan", *auto, plan=False)).as_dict()
@@ -145,7 +146,8 @@ def test_a_gpu_plan_is_refused_on_a_cpu_with_one_clear_line(demo_tokens, tmp_pat
     plan (fp16, a GPU-sized micro-batch) must not silently run on the CPU."""
     plan = {"format": 2, "device": "t4-16gb", "device_kind": "cuda", "devices": 1, "micro_batch_size": 8,
             "grad_accum_steps": 1, "precision": "fp16", "activation_checkpointing": False, "tokens_per_step": 512,
-            "peak_flops": 65e12, "calibration_key": "t4-16gb|test"}
+            "peak_flops": 65e12, "calibration_key": "t4-16gb|test", "optimizer": "adamw",
+            "model": tiny_params(demo_tokens, tmp_path, plan=False).section("model")}
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "plan.json").write_text(json.dumps(plan))
     args = cli(demo_tokens, tmp_path, "train.device=auto", "train.precision=auto", "train.micro_batch_size=auto",

@@ -92,7 +92,8 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
             layout = dict(micro_batch_size=micro, grad_accum_steps=seqs // micro, precision=precision,
                           activation_checkpointing=ckpt)
             plan = Plan.make(device=device.name, device_kind=device.kind, devices=cost.num_devices, **layout,
-                             tokens_per_step=train.tokens_per_step, peak_flops=device.peak_flops[precision],
+                             tokens_per_step=train.tokens_per_step, optimizer=train.optimizer,
+                             model=params.section("model"), peak_flops=device.peak_flops[precision],
                              calibration_key=key_for(device, params.model, vocab, **layout,
                                                                  optimizer=train.optimizer))
             last = Fit(plan, memory, usable)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
@@ -30,6 +31,8 @@ class Plan(Record):
     precision: str
     activation_checkpointing: bool
     tokens_per_step: int
+    optimizer: str              # train.optimizer: its state is in the memory fit, its update in the price
+    model: dict[str, Any]       # the model section planned for
     peak_flops: float           # the device's peak in this precision, per device: what train's MFU is of
     calibration_key: str        # where train keeps the speed it measured (pipeline/cost/calibration.py)
 
@@ -111,11 +114,17 @@ def setup_for(params: Params, plan_path: Path, device_kind: str, world: int) -> 
 
 
 def _check_params_agree(plan: Plan, plan_path: Path, params: Params) -> None:
-    """Explicit train values must be the plan's: otherwise the plan is stale."""
+    """Explicit train values, the model and the optimizer must be the plan's: otherwise the plan,
+    its memory fit and its price were made for another run, and it is stale."""
     train = params.train
     fixed = {"micro_batch_size": train.micro_batch_size, "precision": train.precision,
              "activation_checkpointing": train.activation_checkpointing}
     stale = [f"train.{k} is {v!r}, the plan has {getattr(plan, k)!r}" for k, v in fixed.items()
              if v != "auto" and v != getattr(plan, k)]
+    if train.optimizer != plan.optimizer:
+        stale.append(f"train.optimizer is {train.optimizer}, the plan is for {plan.optimizer}")
+    model = params.section("model")
+    stale += [f"model.{k} is {v!r}, the plan has {plan.model.get(k)!r}" for k, v in model.items()
+              if plan.model.get(k) != v]
     if stale:
         raise PipelineError(f"{plan_path} is stale ({'; '.join(stale)}): rerun the estimate stage")
