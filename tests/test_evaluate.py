@@ -110,8 +110,9 @@ def make_world(root: Path) -> Path:
 
     reports = root / "reports"
     reports.mkdir()
-    recordkit.cost(reports / "cost.json")
-    recordkit.train(reports / "train.json", stop_reason="early_stopping")
+    # train records the estimate it was gated with; evaluate holds the run against that one
+    estimate = recordkit.cost(reports / "cost.json").as_dict()
+    recordkit.train(reports / "train.json", stop_reason="early_stopping", estimate=estimate)
     with Live(dir=str(reports / "train_live"), dvcyaml=None, save_dvc_exp=False) as live:
         for step in range(1, 5):  # the metric names pipeline/engine/trainlog.py logs
             live.step = step
@@ -261,8 +262,8 @@ def test_estimate_against_actual(evaluated):
 def test_estimate_against_actual_owned_hardware_with_measured_energy(world):
     # the pricing is the estimate's own (its report), never read from params: evaluate does not declare cost.*
     cost = {"hours": 1.0, "usd": 0.3, "kwh": 2.0, "co2_kg": 0.8, "tokens": 100, "pricing": "owned"}
-    train = {"tokens": 100, "wall_hours": 2.0, "kwh": 3.0}
-    q = report.estimate_vs_actual(cost, train, Path("cost.json"), Path("train.json"))["quantities"]
+    train = {"tokens": 100, "wall_hours": 2.0, "kwh": 3.0, "estimate": cost}
+    q = report.estimate_vs_actual(train, Path("train.json"))["quantities"]
     assert q["kwh"] == {"estimate": 2.0, "actual": 3.0, "error_pct": pytest.approx(50.0)}
     assert q["usd"]["actual"] == pytest.approx(3.0 * 0.15)  # measured kWh x the estimate's $/kWh
     assert q["co2_kg"]["actual"] == pytest.approx(1.2)
@@ -297,7 +298,7 @@ def test_a_model_directory_alone_is_evaluated(copy):
     result = run_stage("evaluate", make_params(copy))
     assert result["checkpoints"] == {} and result["best_vs_final"] is None
     assert result["estimate_vs_actual"]["available"] is False
-    assert "cost.json" in result["estimate_vs_actual"]["note"]
+    assert "train.json not found" in result["estimate_vs_actual"]["note"]
     summary = (copy / "reports/summary.md").read_text(encoding="utf-8")
     assert "No checkpoints evaluated" in summary and "not found" in summary
     assert (copy / "reports/plots/estimate_vs_actual.png").is_file()
