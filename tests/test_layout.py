@@ -8,7 +8,8 @@
    globals, and no record of its own (records live with the library code they describe);
 5. a package's __init__.py is empty or only a docstring: it runs whenever any module of its
    package is imported, so whatever it holds is in the code deps of every stage that imports one;
-6. imports of pipeline modules are absolute: code_deps follows `pipeline.` imports only.
+6. imports of pipeline modules are absolute: code_deps follows `pipeline.` imports only;
+7. every package is listed in pyproject.toml, or an installed pipeline lacks it.
 
 Each checker takes an import map (module -> the pipeline modules it imports) or a module's source,
 and is also fed a small bad case of its own: a rule that cannot fail holds nothing.
@@ -16,6 +17,7 @@ and is also fed a small bad case of its own: a rule that cannot fail holds nothi
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
@@ -206,6 +208,11 @@ def test_package_inits_are_empty_or_a_docstring():
 def test_imports_are_absolute():
     assert [p for path in sorted(PACKAGE.rglob("*.py"))
             for p in relative_imports(path.name, path.read_text(encoding="utf-8"))] == []
+
+
+def test_every_package_is_installed():
+    listed = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert sorted(module_name(p) for p in PACKAGE.rglob("__init__.py")) == sorted(listed)
 
 
 # ---- each checker fails on a bad case ---------------------------------------------------------------

@@ -29,7 +29,7 @@ def read_ahead(items: Generator[T, None, None], depth: int = 2) -> Iterator[T]:
         except BaseException as exc:   # handed to the consumer, which raises it
             _put(slots, (False, exc), stop)
 
-    thread = threading.Thread(target=produce, name="tokenize-reader", daemon=True)
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
     thread.start()
     try:
         while True:
