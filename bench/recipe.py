@@ -129,7 +129,7 @@ def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str, s
 
     from pipeline.core import params as params_module
     from pipeline.data.batches import TrainWindows, stack_windows, val_starts
-    from pipeline.stages.evaluate import score, scored_stream
+    from pipeline.evaluation.scoring import score, scored_stream
     from pipeline.model.build import build_model, count_parameters
     from pipeline.engine.step import TrainStep, autocast, optimizer_for
     from pipeline.data.tokens import MANIFEST_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedT
 
 from pipeline.registry import run_stage
 from pipeline.engine import checkpoint
-from pipeline.stages import evaluate
+from pipeline.evaluation import loading, sampling, scoring
 from pipeline.core import params as P
 from pipeline.reports import quantities as report
 from pipeline.__main__ import main
@@ -110,8 +110,9 @@ def make_world(root: Path) -> Path:
 
     reports = root / "reports"
     reports.mkdir()
-    recordkit.cost(reports / "cost.json")
-    recordkit.train(reports / "train.json", stop_reason="early_stopping")
+    # train records the estimate it was gated with; evaluate holds the run against that one
+    estimate = recordkit.cost(reports / "cost.json").as_dict()
+    recordkit.train(reports / "train.json", stop_reason="early_stopping", estimate=estimate)
     with Live(dir=str(reports / "train_live"), dvcyaml=None, save_dvc_exp=False) as live:
         for step in range(1, 5):  # the metric names pipeline/engine/trainlog.py logs
             live.step = step
@@ -221,10 +222,10 @@ def test_checkpoints_are_scored_on_the_whole_split_and_twins_reuse_the_final_sco
 def test_best_and_final_selects_only_those(world):
     manifest = json.loads((world / "checkpoints/manifest.json").read_text())
     manifest["checkpoints"].insert(0, {"step": 1, "dir": "step-000001", "tokens": 1024, "val_loss": 7.0})
-    chosen = evaluate.select_checkpoints(manifest, "best_and_final")
+    chosen = scoring.select_checkpoints(manifest, "best_and_final")
     assert [c["dir"] for c in chosen] == ["step-000002", "step-000004"]
-    assert evaluate.select_checkpoints(manifest, "none") == []
-    assert evaluate.select_checkpoints(None, "all") == []
+    assert scoring.select_checkpoints(manifest, "none") == []
+    assert scoring.select_checkpoints(None, "all") == []
 
 
 def test_samples_cover_every_prompt_and_are_reproducible(world, evaluated):
@@ -235,11 +236,11 @@ def test_samples_cover_every_prompt_and_are_reproducible(world, evaluated):
     net = GPT2LMHeadModel.from_pretrained(world / "models/final").eval()
     tok = PreTrainedTokenizerFast.from_pretrained(world / "models/final")
     params = make_params(world)
-    ids = evaluate.encode_prompts(tok, PROMPTS)
+    ids = loading.encode_prompts(tok, PROMPTS)
     eot = tok.convert_tokens_to_ids(EOT)
-    first = evaluate.generate_samples(net, tok, PROMPTS, ids, eot, params.evaluate, torch.device("cpu"))
+    first = sampling.generate_samples(net, tok, PROMPTS, ids, eot, params.evaluate, torch.device("cpu"))
     torch.manual_seed(999)  # neither the global RNG state nor the order of the prompts matters
-    second = evaluate.generate_samples(net, tok, PROMPTS[::-1], ids[::-1], eot, params.evaluate, torch.device("cpu"))
+    second = sampling.generate_samples(net, tok, PROMPTS[::-1], ids[::-1], eot, params.evaluate, torch.device("cpu"))
     assert first == second[::-1]
     assert torch.initial_seed() == 999
     assert all(s["new_tokens"] > 0 for s in first)
@@ -261,8 +262,8 @@ def test_estimate_against_actual(evaluated):
 def test_estimate_against_actual_owned_hardware_with_measured_energy(world):
     # the pricing is the estimate's own (its report), never read from params: evaluate does not declare cost.*
     cost = {"hours": 1.0, "usd": 0.3, "kwh": 2.0, "co2_kg": 0.8, "tokens": 100, "pricing": "owned"}
-    train = {"tokens": 100, "wall_hours": 2.0, "kwh": 3.0}
-    q = report.estimate_vs_actual(cost, train, Path("cost.json"), Path("train.json"))["quantities"]
+    train = {"tokens": 100, "wall_hours": 2.0, "kwh": 3.0, "estimate": cost}
+    q = report.estimate_vs_actual(train, Path("train.json"))["quantities"]
     assert q["kwh"] == {"estimate": 2.0, "actual": 3.0, "error_pct": pytest.approx(50.0)}
     assert q["usd"]["actual"] == pytest.approx(3.0 * 0.15)  # measured kWh x the estimate's $/kWh
     assert q["co2_kg"]["actual"] == pytest.approx(1.2)
@@ -297,7 +298,7 @@ def test_a_model_directory_alone_is_evaluated(copy):
     result = run_stage("evaluate", make_params(copy))
     assert result["checkpoints"] == {} and result["best_vs_final"] is None
     assert result["estimate_vs_actual"]["available"] is False
-    assert "cost.json" in result["estimate_vs_actual"]["note"]
+    assert "train.json not found" in result["estimate_vs_actual"]["note"]
     summary = (copy / "reports/summary.md").read_text(encoding="utf-8")
     assert "No checkpoints evaluated" in summary and "not found" in summary
     assert (copy / "reports/plots/estimate_vs_actual.png").is_file()
@@ -390,13 +391,13 @@ def test_prompt_that_encodes_to_nothing(copy):
 
 
 def test_a_prompt_longer_than_the_context_is_cut_from_the_left(world):
-    net = evaluate.load_model(world / "models/final", torch.device("cpu"))
-    tok = evaluate.load_tokenizer(world / "models/final")
+    net = loading.load_model(world / "models/final", torch.device("cpu"))
+    tok = loading.load_tokenizer(world / "models/final")
     params = make_params(world)
     prompt = " ".join(PROMPTS * 40)
-    ids = evaluate.encode_prompts(tok, [prompt])
-    assert len(ids[0]) > evaluate._positions(net)
-    samples = evaluate.generate_samples(net, tok, [prompt], ids, 0, params.evaluate, torch.device("cpu"))
+    ids = loading.encode_prompts(tok, [prompt])
+    assert len(ids[0]) > loading.positions(net)
+    samples = sampling.generate_samples(net, tok, [prompt], ids, 0, params.evaluate, torch.device("cpu"))
     assert samples[0]["new_tokens"] > 0
 
 

@@ -205,7 +205,7 @@ def _stop_after(monkeypatch, at_step: int) -> None:
 def test_each_recipe_trains_resumes_exactly_and_ships_a_model_that_generates(demo_tokens, tmp_path, monkeypatch,
                                                                              architecture, optimizer, tied):
     from pipeline.engine import trainer as train
-    from pipeline.stages.evaluate import load_model
+    from pipeline.evaluation.loading import load_model
 
     run = ("train.max_steps=8", "train.checkpoint_every=4", "train.eval_every=4", f"train.optimizer={optimizer}",
            f"model.architecture={architecture}", f"model.tie_embeddings={str(tied).lower()}", "train.muon_lr=0.05")

@@ -11,7 +11,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from pipeline.registry import run_stage
-from pipeline.stages import estimate, tokenize
+from pipeline.data import bpe, encode
+from pipeline.stages import estimate
 from pipeline.core import params as params_module
 from pipeline.data.corpus import Corpus, is_val
 from pipeline.core.errors import PipelineError
@@ -67,7 +68,7 @@ def test_manifest_describes_the_token_files(demo_tokens):
 def test_autotokenizer_loads_it_offline_and_round_trips_azerbaijani(demo_tokens):
     paths = demo_tokens.params.paths
     tok = AutoTokenizer.from_pretrained(str(paths.tokenizer), local_files_only=True)
-    assert tok.eos_token == tokenize.EOT and tok.eos_token_id == demo_tokens.manifest["eot_token_id"]
+    assert tok.eos_token == bpe.EOT and tok.eos_token_id == demo_tokens.manifest["eot_token_id"]
     text = "Bakıda bu gün hava günəşli olacaq. İlqar çörək alır, Şəbnəm çay içir. Ünvan: Gəncə, Göygöl."
     assert tok.decode(tok.encode(text)) == text
     # the first train document decodes back to the corpus text it came from
@@ -91,7 +92,7 @@ def test_tokenizing_twice_gives_byte_identical_outputs(demo_tokens, tmp_path):
 # --- small corpora -------------------------------------------------------------------------------
 
 def test_text_that_spells_the_end_of_text_token_is_not_a_boundary(tmp_path):
-    docs = DOCS[:40] + [f"a document mentioning {tokenize.EOT} in its text {i}" for i in range(20)]
+    docs = DOCS[:40] + [f"a document mentioning {bpe.EOT} in its text {i}" for i in range(20)]
     write_corpus(tmp_path, docs)
     manifest = run_stage("tokenize", small_params(tmp_path)).as_dict()
     for split in ("train", "val"):
@@ -170,7 +171,7 @@ def test_an_interrupted_run_leaves_the_previous_outputs_and_nothing_half_written
 
     # more text, encoded in many small chunks; the run dies after writing some of them
     write_corpus(tmp_path, DOCS * 5)
-    monkeypatch.setattr(tokenize, "CHUNK_CHARS", 500)
+    monkeypatch.setattr(encode, "CHUNK_CHARS", 500)
     writes = []
     real_write = TokenWriter.write
 

@@ -85,6 +85,22 @@ def is_val(text: str, val_fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < val_fraction
 
 
+def utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def check_split_documents(corpus: str | Path, train_documents: int, val_documents: int) -> None:
+    """Both splits must hold a document: data.val_fraction can leave either empty."""
+    if not train_documents and not val_documents:
+        raise PipelineError(f"corpus {corpus} holds no text (every file is empty or blank): "
+                            "add documents or point paths.corpus elsewhere")
+    for name, count, hint in (("validation", val_documents, "raise"), ("training", train_documents, "lower")):
+        if not count:
+            raise PipelineError(f"data.val_fraction leaves no {name} documents among the "
+                                f"{train_documents + val_documents} of corpus {corpus}: {hint} "
+                                "data.val_fraction or add documents")
+
+
 class Corpus:
     """The corpus named by paths.corpus. Resolving it checks that it exists and holds files."""
 
