@@ -22,7 +22,7 @@ from pipeline.data.tokens import TokenManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN_KEYS = {"format", "device", "device_kind", "devices", "micro_batch_size", "grad_accum_steps", "precision",
-             "activation_checkpointing", "tokens_per_step", "peak_flops", "calibration_key"}
+             "activation_checkpointing", "tokens_per_step", "peak_flops", "calibration_key", "optimizer", "model"}
 
 
 def write_tokens(root: Path, vocab: int, train_tokens: int) -> None:
@@ -138,10 +138,10 @@ def test_budget_changes_leave_the_plan_byte_identical(tokens, tmp_path):
 def test_explicit_train_settings_are_respected(tokens, tmp_path):
     cost = run(tokens, tmp_path, "train.micro_batch_size=4", "train.activation_checkpointing=true",
                "train.precision=fp32", "cost.override_budget=true")
-    assert {k: v for k, v in cost["plan"].items() if k != "calibration_key"} == {
+    assert {k: v for k, v in cost["plan"].items() if k not in ("calibration_key", "model")} == {
         "format": 2, "device": "t4-16gb", "device_kind": "cuda", "devices": 1, "micro_batch_size": 4,
         "grad_accum_steps": 5, "precision": "fp32", "activation_checkpointing": True, "tokens_per_step": 20480,
-        "peak_flops": 8.1e12}
+        "peak_flops": 8.1e12, "optimizer": "muon"}
     assert cost["plan"]["calibration_key"].endswith("|fp32/mb4x5/ckpt")
     plain = run(tokens, tmp_path, "train.micro_batch_size=4", "train.activation_checkpointing=false",
                 "train.precision=fp32", "cost.override_budget=true")

@@ -80,10 +80,6 @@ def test_cpu_check_markdown(cpu_check):
     assert text.count("| demo |") == len(result["configs"])
 
 
-def test_cpu_check_takes_well_under_a_minute(cpu_check):
-    assert cpu_check[1]["elapsed_s"] < 60
-
-
 def test_no_cuda_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(gpucheck.PipelineError, match="sees no CUDA GPU.*DEVICE=cpu"):
