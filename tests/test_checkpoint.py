@@ -10,7 +10,7 @@ from pipeline.engine import checkpoint as ckpt
 from pipeline.core import params as params_module
 from pipeline.model.build import build_model
 
-TINY = params_module.Model(n_layer=1, n_embd=32, n_head=2, context=16, dropout=0.0)
+TINY = params_module.Model(architecture="gpt2", n_layer=1, n_embd=32, n_head=2, context=16, dropout=0.0)
 
 
 def trained_bits():

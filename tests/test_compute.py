@@ -24,7 +24,8 @@ from pathlib import Path
 from pipeline.model import compute
 from pipeline.core import params as params_module
 from pipeline.engine.step import TrainStep, bf16_native, hidden_matrices, optimizer_for
-from pipeline.model.build import CONFIGS, build_model, count_parameters, model_config
+from pipeline.model.build import build_model, count_parameters, model_config
+from pipeline.model.registry import architecture_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -51,7 +52,7 @@ def built(model, vocab, attention="sdpa", activation=None):
     config._attn_implementation = attention
     if activation:
         config.activation_function = activation
-    return CONFIGS[model.architecture][1](config)
+    return architecture_of(model).model_class(config)
 
 
 MODELS = [(shape(), 512), (shape(3, 96, 6, 128), 1000), (shape(tie_embeddings=False, mlp_width=96), 300),

@@ -425,7 +425,7 @@ def test_on_the_demo_tokens_as_the_train_stage_saves_a_model(demo_tokens, tmp_pa
     params = demo_tokens.with_paths(tmp_path, "reports", "checkpoints", "model")
     manifest = demo_tokens.manifest
     torch.manual_seed(0)
-    tiny = P.Model(n_layer=2, n_embd=32, n_head=2, context=params.model.context, dropout=0.0)
+    tiny = P.Model(architecture="gpt2", n_layer=2, n_embd=32, n_head=2, context=params.model.context, dropout=0.0)
     build_model(tiny, manifest["vocab_size"], manifest["eot_token_id"]).save_pretrained(params.paths.model)
     AutoTokenizer.from_pretrained(params.paths.tokenizer).save_pretrained(params.paths.model)
     result = run_stage("evaluate", params)

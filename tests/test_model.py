@@ -9,7 +9,7 @@ from pipeline.core import params as params_module
 from pipeline.core.errors import PipelineError
 from pipeline.model.build import build_model, count_parameters, mlp_width
 
-TINY = params_module.Model(n_layer=2, n_embd=64, n_head=4, context=32, dropout=0.0)
+TINY = params_module.Model(architecture="gpt2", n_layer=2, n_embd=64, n_head=4, context=32, dropout=0.0)
 QWEN3 = TINY.model_copy(update={"architecture": "qwen3"})
 
 
@@ -59,8 +59,10 @@ def test_activation_and_width_are_params():
 
 
 def test_qwen3_needs_an_even_head_dimension():
-    with pytest.raises(PipelineError, match="must be even"):
-        params_module.load(["params.yaml"], ["model.architecture=qwen3", "model.n_embd=60", "model.n_head=4"])
+    """Params load it (they must not import an architecture); building it is refused, naming the keys."""
+    odd = params_module.load(["params.yaml"], ["model.architecture=qwen3", "model.n_embd=60", "model.n_head=4"]).model
+    with pytest.raises(PipelineError, match=r"model.n_embd / model.n_head \(15\) must be even"):
+        build_model(odd, vocab_size=300, eos_token_id=0)
 
 
 @pytest.mark.parametrize("tied", [True, False])

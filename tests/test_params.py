@@ -8,6 +8,7 @@ import yaml
 
 from pipeline.core import params as P
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import architecture_names
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "params.yaml"
@@ -52,6 +53,15 @@ def test_all_problems_are_reported_at_once_each_naming_its_key():
     for key in ("data.val_fraction", "model:", "n_head (5)", "train.lr", "tokenizer.vocab_szie: unknown key",
                 "data.format"):
         assert key in message, key
+
+
+def test_an_unknown_architecture_is_one_problem_naming_the_choices_and_the_closest():
+    with pytest.raises(PipelineError) as info:
+        P.load([BASE], ["model.architecture=qwen"])
+    message = str(info.value)
+    assert message.startswith("1 problem(s) in")
+    assert "model.architecture: unknown architecture 'qwen' (did you mean 'qwen3'?): one of " in message
+    assert all(name in message for name in architecture_names())
 
 
 def test_unknown_sections_and_missing_keys(tmp_path):

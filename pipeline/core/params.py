@@ -9,15 +9,20 @@ is true/false where a number belongs.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.core.errors import PipelineError
 
 DEFAULT_FILE = "params.yaml"
+# model.architecture names a file here. Listed, never imported: the tokenize stage reads params,
+# and each stage's code deps are the modules it imports (pipeline.registry.code_deps), so an
+# architecture imported here would make a model edit re-tokenize.
+ARCHITECTURES_DIR = Path(__file__).resolve().parents[1] / "model" / "architectures"
 MERGE_TAG = "tag:yaml.org,2002:merge"   # YAML `<<: *anchor`
 
 Positive = Field(gt=0)
@@ -39,6 +44,18 @@ Int = Annotated[int, _NOT_A_BOOLEAN]
 Float = Annotated[float, _NOT_A_BOOLEAN]
 OptionalInt = Annotated[int | None, _NOT_A_BOOLEAN]
 OptionalFloat = Annotated[float | None, _NOT_A_BOOLEAN]
+
+
+def architecture_names() -> tuple[str, ...]:
+    """The names model.architecture may take: one per file in pipeline/model/architectures/."""
+    return tuple(sorted(path.stem for path in ARCHITECTURES_DIR.glob("*.py") if not path.stem.startswith("_")))
+
+
+def unknown_architecture(name: str, known: tuple[str, ...]) -> str:
+    """The message for a model.architecture that is not one of `known`, with the closest match."""
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown architecture {name!r}{hint}: one of {', '.join(known)}"
 
 
 class Section(BaseModel):
@@ -70,8 +87,11 @@ class Tokenizer(Section):
 
 
 class Model(Section):
-    # The defaults below are GPT-2's, for code that builds a Model directly; params.yaml sets each.
-    architecture: Literal["gpt2", "qwen3"] = "gpt2"
+    # The name of a file in pipeline/model/architectures/. Only the name is checked here: what an
+    # architecture itself refuses (pipeline.model.spec.Architecture.params_problems) is checked
+    # where it is looked up (pipeline.model.registry.architecture_of), as params must not import it.
+    architecture: str
+    # The defaults below are for code that builds a Model directly; params.yaml sets each.
     n_layer: Int = Positive
     n_embd: Int = Positive
     n_head: Int = Positive
@@ -82,13 +102,18 @@ class Model(Section):
     mlp_width: OptionalInt = Field(default=None, gt=0)
     rope_theta: Float = Field(default=10000.0, gt=0)
 
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, name: str) -> str:
+        known = architecture_names()
+        if name not in known:
+            raise ValueError(unknown_architecture(name, known))
+        return name
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Model:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.architecture == "qwen3" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"qwen3 rotates pairs of each head's dimensions: n_embd / n_head "
-                             f"({self.n_embd // self.n_head}) must be even")
         return self
 
 

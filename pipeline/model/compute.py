@@ -5,15 +5,18 @@
     training_memory(params.model, vocab_size, micro_batch, "fp16", False, optimizer=params.train.optimizer)
     optimizer_flops_per_step(params.model, vocab_size, params.train.optimizer)   # Muon's Newton-Schulz
 
-Every function dispatches on model.architecture (gpt2 | qwen3, see pipeline/model/build.py) and, where
-the optimizer matters, on train.optimizer (adamw | muon, see pipeline/engine/step.py).
+The formulas here hold for every architecture; what differs between them (their matrices, biases and
+norms, each block's saved tensors) comes from model.architecture's pipeline.model.spec.Architecture.
+Where the optimizer matters they follow train.optimizer (adamw | muon, see pipeline/engine/step.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from pipeline.model.build import activation_of, mlp_width
 from pipeline.core.params import Model
+from pipeline.model.build import activation_of, mlp_width
+from pipeline.model.registry import architecture_of
+from pipeline.model.spec import MicroStep
 
 # torch.optim.Muon's defaults (torch/optim/_muon.py, from Keller Jordan's Muon): five quintic
 # Newton-Schulz iterations
@@ -39,29 +42,22 @@ def _untied(model: Model) -> bool:
 def hidden_matrix_shapes(model: Model) -> list[tuple[int, int]]:
     """(rows, cols) of every hidden 2-D weight (pipeline.engine.step.hidden_matrices: what Muon trains),
     all layers."""
-    d, w = model.n_embd, mlp_width(model)
-    if model.architecture == "gpt2":   # Conv1D (in, out): c_attn, attn c_proj, c_fc, mlp c_proj
-        block = [(d, 3 * d), (d, d), (d, w), (w, d)]
-    else:                                # Linear (out, in): q, k, v, o, gate, up, down
-        block = [(d, d)] * 4 + [(w, d), (w, d), (d, w)]
-    return block * model.n_layer
+    return architecture_of(model).block_matrices(model, mlp_width(model)) * model.n_layer
 
 
 def vector_parameters(model: Model) -> int:
     """Biases and norm gains, all layers and the final norm: parameters that are no matmul."""
-    d, w, hd = model.n_embd, mlp_width(model), model.n_embd // model.n_head
-    if model.architecture == "gpt2":  # ln_1, c_attn bias, c_proj bias, ln_2, c_fc bias, c_proj bias; ln_f
-        return model.n_layer * (2 * d + 3 * d + d + 2 * d + w + d) + 2 * d
-    return model.n_layer * (2 * d + 2 * hd) + d   # input/post-attention RMSNorm, q_norm, k_norm; norm
+    spec = architecture_of(model)
+    return model.n_layer * spec.block_vectors(model, mlp_width(model)) + spec.final_norm_parameters(model.n_embd)
 
 
 def parameter_count(model: Model, vocab_size: int, *, position_embeddings: bool = True) -> int:
-    """Parameters of the built model: GPT2LMHeadModel or Qwen3ForCausalLM, the lm_head counted
+    """Parameters of the built model (pipeline.model.build.count_parameters), the lm_head counted
     once when tied to the token embedding."""
     d = model.n_embd
     total = sum(r * c for r, c in hidden_matrix_shapes(model)) + vector_parameters(model)
     total += vocab_size * d * (2 if _untied(model) else 1)
-    if model.architecture == "gpt2" and position_embeddings:
+    if architecture_of(model).learned_positions and position_embeddings:
         total += model.context * d
     return total
 
@@ -115,11 +111,7 @@ def mfu(tokens_per_second: float, flops_per_token_: float, peak_flops: float, de
 # F.cross_entropy's fp32 log-softmax is made from them, then the optimizer update. Every term below
 # is a tensor autograd saves (or the loss backward or the optimizer allocates);
 # tests/test_compute.py checks the sum against torch's MemTracker on CPU over that very step, for
-# each architecture and optimizer.
-
-# one kernel: saves its input h, and c_proj saves its output. relu2 (ReLUSquaredActivation) is two
-# ops, relu then square, but square saves relu's output, the tensor relu saves: one tensor too.
-FUSED_ACTIVATIONS = frozenset({"gelu", "gelu_pytorch_tanh", "relu", "silu", "relu2"})
+# each architecture and optimizer. What one block saves is its architecture's (Architecture.block_memory).
 
 
 @dataclass(frozen=True)
@@ -179,18 +171,9 @@ def training_memory(model: Model, vocab_size: int, micro_batch_size: int, precis
     n = parameter_count(model, vocab_size)
     low = precision != "fp32"
     a = 2 if low else 4                      # bytes of a value autocast computes in
-    if model.architecture == "gpt2":
-        block, head, layer_casts = _gpt2_block(model, activation, attention, low, a, device_kind)
-        backward = tokens * 8 * d * a    # gradients in flight inside one block's backward
-        recompute_overlap = 0
-    elif model.architecture == "qwen3":
-        block, head, layer_casts = _qwen3_block(model, activation, attention, low, a)
-        backward = _qwen3_backward(model, vocab_size, tokens, low, a)
-        # recomputing a block, its input is the checkpoint's saved one and the final norm's saved
-        # tensors are gone (measured; the gpt2 terms above fold the same effects into 8da)
-        recompute_overlap = tokens * (4 * d + head)
-    else:
-        raise ValueError(f"no memory model for architecture {model.architecture!r}")
+    block = architecture_of(model).block_memory(MicroStep(
+        model=model, mlp_width=mlp_width(model), vocab_size=vocab_size, tokens=tokens, activation=activation,
+        attention=attention, autocast=low, value_bytes=a, device_kind=device_kind))
     # pipeline/engine/step.py keeps only the loss: the logits live until the fp32 log-softmax is made from
     # them, then only what autograd saved (the log-softmax) and the loss gradients exist
     logits = tokens * (a * vocab_size + 4 * vocab_size)
@@ -200,90 +183,17 @@ def training_memory(model: Model, vocab_size: int, micro_batch_size: int, precis
     if checkpointing:
         # one block input each; backward meets the loss first, then recomputes one block at a time,
         # and autocast's weight cache is gone by then (it is cleared when the autocast region exits)
-        saved = layers * 4 * d + head
-        recompute = tokens * block + backward - recompute_overlap
+        saved = layers * 4 * d + block.head
+        recompute = tokens * block.saved + block.backward - block.recompute_overlap
         peak = max(logits, loss_backward, recompute)
-        casts = head_casts + (layer_casts if recompute > loss_backward else 0)
+        casts = head_casts + (block.layer_casts if recompute > loss_backward else 0)
     else:
-        saved = layers * block + head
-        peak = max(logits, loss_backward, backward)
-        casts = head_casts + layers * layer_casts
+        saved = layers * block.saved + block.head
+        peak = max(logits, loss_backward, block.backward)
+        casts = head_casts + layers * block.layer_casts
     autocast_cache, activations, loss = 2 * casts, tokens * saved, peak
     # the update runs after backward freed the activations: only what it needs beyond them counts
     step = newton_schulz_workspace(model, newton_schulz) if optimizer == "muon" else 0
     return Memory(weights=4 * n, gradients=4 * n, optimizer=optimizer_state_bytes(model, vocab_size, optimizer),
                   autocast_cache=autocast_cache, activations=activations, loss=loss,
                   optimizer_step=max(0, step - (autocast_cache + activations + loss)), runtime=runtime_bytes)
-
-
-def _gpt2_block(model: Model, activation: str, attention: str, low: bool, a: int,
-                device_kind: str) -> tuple[int, int, int]:
-    """Bytes per token one GPT-2 block saves, those of ln_f + lm_head input, and the weights
-    (and biases) autocast casts per block."""
-    d, w, heads, t = model.n_embd, mlp_width(model), model.n_head, model.context
-    up = 4 if low and device_kind == "cuda" else a   # what follows pow under CUDA autocast
-    # per token of one block; the residual stream stays fp32 (embeddings are fp32, adds promote)
-    if activation in FUSED_ACTIVATIONS:
-        mlp = w * 2 * a
-    elif activation == "gelu_new":  # 0.5*h*(1+tanh(c*(h+0.044715*h**3))) as separate ops
-        mlp = w * (a + up + up + a + a)  # h, tanh(.), 1+tanh(.), 0.5*h, the product (cast for c_proj)
-    else:
-        raise ValueError(f"no memory model for activation_function {activation!r}")
-    block = (4 * d + 8          # ln_1 input + mean/rstd
-             + a * d            # c_attn input (ln_1 output, cast)
-             + 3 * a * d        # q, k, v
-             + a * d            # attention output = c_proj input
-             + 4 * d + 8        # ln_2 input + mean/rstd
-             + a * d            # c_fc input
-             + mlp)
-    if attention == "sdpa":
-        block += 4 * heads      # logsumexp of the fused kernel
-    else:
-        # scores + the fp32 causal mask promote to fp32, softmax saves that, AV saves its cast back
-        block += heads * t * (4 + (a if low else 0))
-    head = 4 * d + 8 + a * d    # ln_f input + stats, lm_head input
-    layer_casts = (4 * d * d + 2 * d * w) + (5 * d + w) if low else 0  # matrices + biases (addmm)
-    return block, head, layer_casts
-
-
-def _qwen3_block(model: Model, activation: str, attention: str, low: bool, a: int) -> tuple[int, int, int]:
-    """As _gpt2_block, for Qwen3's decoder layer. Its RMSNorm is Transformers' python one (to fp32,
-    pow, mean, rsqrt, two muls): it saves its input, the 1/rms per row and the normalized input.
-    Autocast caches only weights, so each of q/k/v_proj and gate/up_proj casts the same norm output
-    anew and saves its own copy. QK-norm turns q and k to fp32 and back; RoPE multiplies by cos and
-    sin, which need no gradient, so it saves nothing per token."""
-    if attention != "sdpa":
-        raise ValueError(f"no memory model for qwen3 with attention {attention!r}")
-    if activation not in FUSED_ACTIVATIONS:
-        raise ValueError(f"no memory model for hidden_act {activation!r}")
-    d, w, heads = model.n_embd, mlp_width(model), model.n_head
-    norm = 4 * d + 4 + 4 * d             # input (fp32 residual), 1/rms, normalized
-    if low:
-        qkv_in = 3 * a * d               # three casts of the norm output
-        qk_norm = 2 * (4 * d + 4 * heads + a * d)  # fp32 copy, 1/rms, normalized cast back (for the gain)
-        sdpa = 2 * a * d + a * d + a * d + 4 * heads   # q, k cast for the kernel, v, output, logsumexp
-        mlp_in = 2 * a * d
-    else:
-        qkv_in = 4 * d                   # the norm output, shared
-        qk_norm = 2 * (4 * d + 4 * heads + 4 * d)  # projection output, 1/rms, normalized
-        sdpa = 4 * 4 * d + 4 * heads     # q, k after RoPE, v, output, logsumexp
-        mlp_in = 4 * d
-    block = (norm + qkv_in + qk_norm + sdpa  # the kernel's output is laid out (B, T, H, hd): o_proj's input
-             + norm + mlp_in
-             + 4 * a * w)                # gate output (or relu's), act output, up output, their product
-    head = norm + a * d                  # final norm, lm_head input (its cast, or the gain's output)
-    layer_casts = 4 * d * d + 3 * d * w if low else 0
-    return block, head, layer_casts
-
-
-def _qwen3_backward(model: Model, vocab_size: int, tokens: int, low: bool, a: int) -> int:
-    """Bytes in flight while a Qwen3 block runs backward (beyond its saved tensors): the gradient
-    of its output (fp32) and, at down_proj, its cast, the gradient of the MLP product and the
-    weight gradient before it is added to .grad; or, one op later, at the gate x up product, the
-    gradients of both factors. A tied lm_head's weight gradient waits for the embedding's (autograd
-    sums both before accumulating), all through the blocks' backward."""
-    d, w = model.n_embd, mlp_width(model)
-    down = tokens * (4 * d + (a * d if low else 0) + a * w) + a * d * w
-    product = tokens * (4 * d + 2 * a * w)
-    parked = 4 * vocab_size * d if model.tie_embeddings else 0
-    return max(down, product) + parked
