@@ -20,7 +20,9 @@ triggers do the rest (README: "Only what changed reruns"):
   reruns tokenize; touching the corpus directory reruns nothing;
 - estimate is a checkpoint: once it has run, Snakemake decides again about train, which reads
   the plan it wrote, by content (a small input that is newer but has the checksum Snakemake
-  recorded is unchanged), so a budget change never retrains;
+  recorded is unchanged), so a budget change never retrains; train is one too, so that
+  evaluate is decided only once Snakemake knows whether train reruns (otherwise a price edit,
+  which reruns estimate, would rerun evaluate for a train job that never ran);
 - the estimate report (reports/cost.md) is declared as a log: Snakemake deletes a failed job's
   outputs but never its logs, so the budget gate's refusal stays readable.
 """

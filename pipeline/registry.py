@@ -92,7 +92,8 @@ class Artifact:
     # `dvc exp show` | persistent: resume state on the machine that trains; no driver owns it
     role: str = "data"
     # read by later stages by content, never by timestamp: a budget change rewrites the cost
-    # report but leaves the plan byte-identical, and must not retrain (Snakefile: a checkpoint)
+    # report but leaves the plan byte-identical, and must not retrain (Snakefile: its stage is a
+    # checkpoint, and the readers wait for it before deciding whether they rerun)
     by_content: bool = False
     # the files a directory artifact holds, for a driver that tracks files (Snakemake declares
     # them instead of the directory, so no marker file lands among them); () for a directory
@@ -123,7 +124,9 @@ COST_MD = Artifact("cost_md", "{reports}/cost.md", role="report", kept_on_failur
 MODEL = Artifact("model", "{model}", directory=True, files=_MODEL_FILES)   # save_pretrained
 CHECKPOINTS = Artifact("checkpoints", "{checkpoints}", directory=True, role="persistent")  # pipeline/engine/checkpoint.py
 TRAIN_LIVE = Artifact("train_live", "{reports}/train_live", directory=True, role="report")  # DVCLive
-TRAIN_REPORT = Artifact("train_report", "{reports}/train.json", role="report")  # pipeline/stages/train.py: TrainReport
+# by content too: whether train reruns is known only once estimate has run (a price edit reruns
+# estimate, not train), and evaluate must wait for that answer
+TRAIN_REPORT = Artifact("train_report", "{reports}/train.json", role="report", by_content=True)  # pipeline/engine/report.py
 SAMPLES = Artifact("samples_md", "{reports}/samples.md", role="report")
 SUMMARY = Artifact("summary_md", "{reports}/summary.md", role="report")
 PLOTS = Artifact("plots_dir", "{reports}/plots", directory=True, role="report", files=PLOT_FILES)  # pipeline/reports/plots.py
