@@ -28,6 +28,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.data.tokens import (MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, TokenWriter,
                              dtype_for_vocab)
+from pipeline.registry import declared_params
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = (EOT,)
@@ -273,7 +274,7 @@ def _manifest(params: Params, splits: dict[str, _Split], tokenizer: Tokenizer, d
         "unigram_entropy_nats": round(_entropy(train.counts), 6),
         "invalid_utf8_replacements": source.replacements,
         "skipped_entries": {kind: paths for kind, paths in source.skipped.items() if paths},
-        **provenance.record({name: params.section(name) for name in ("paths", "data", "tokenizer")}),
+        **provenance.record(declared_params("tokenize", params)),
     })
 
 
