@@ -185,7 +185,7 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
     tokenizer = train._load_tokenizer(data / "tokenizer", params)
     outputs = {k: paths[k] for k in ("model", "train_live", "checkpoints", "train_report")}
     stage = train.Trainer(params, setup, accelerator, manifest, paths["tokens"], tokenizer, outputs,
-                          BudgetGuard(None, 0.0, 0))
+                          BudgetGuard(None, 0))
     stage.meter = Meter(params, setup, manifest.vocab_size, accelerator.device)
     stage.log = TrainLog(params.paths.reports / "train_live", True, params.train, 0)
     model, optimizer = stage.raw, stage.optimizer

@@ -4,15 +4,19 @@ Snakefile builds its rules from it, so the two drivers cannot drift apart.
 Paths are templates over params.paths: "{tokens}/train.bin". `params` lists exactly the keys a
 stage reads, so changing a key reruns that stage and what follows, and nothing else (DVC: the
 stage's `params` in dvc.yaml; Snakemake: its STAGE_params job, see the Snakefile).
+tests/test_declared_params.py runs the stages and fails on a key one reads but does not declare.
 """
 from __future__ import annotations
 
 import ast
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.params import Params
+from pydantic_core import to_jsonable_python
+
+from pipeline.core.params import Params, Paths
 from pipeline.reports.plots import FILES as PLOT_FILES
 from pipeline.data.tokens import MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE
 
@@ -199,16 +203,23 @@ STAGES: tuple[Stage, ...] = (
         params=("paths.tokens", "paths.tokenizer", "paths.reports", "model", "cost",
                 "train.tokens_per_step", "train.max_steps", "train.max_tokens", "train.eval_every", "train.optimizer",
                 "train.eval_batches", "train.micro_batch_size", "train.precision",
-                "train.activation_checkpointing", "train.device", "train.seed"),
+                "train.activation_checkpointing", "train.device", "train.seed",
+                # the rest of the run's identity (pipeline/engine/identity.py): a learned MFU is never
+                # the priced run's own (pipeline/cost/pricing.py), so another run may price this one
+                "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.beta1",
+                "train.beta2", "train.grad_clip", "train.muon_lr", "train.muon_momentum",
+                "train.muon_weight_decay"),
         outputs=(PLAN, COST_MD, COST),
     ),
     Stage(
         name="train",
         help="train the model: mixed precision, accumulation, checkpoints, resume",
         inputs=(TOKENS, TOKENIZER, PLAN),
-        # every key the plan depends on, so that the plan changes only when these do
-        params=("paths", "model", "train", "cost.hardware", "cost.extra_hardware",
-                "cost.memory_headroom", "cost.num_devices"),
+        # no cost key: the plan carries what train needs of cost.hardware, cost.num_devices and the
+        # catalog, and both drivers read it by content, so a cost change retrains only when it
+        # changes the plan; the budget comes in the cost report (READS_UNDECLARED)
+        params=("paths.tokens", "paths.tokenizer", "paths.reports", "paths.model", "paths.checkpoints",
+                "model", "train"),
         outputs=(MODEL, TRAIN_LIVE, CHECKPOINTS, TRAIN_REPORT),
         gpu=True,
     ),
@@ -217,7 +228,9 @@ STAGES: tuple[Stage, ...] = (
         help="validation loss, perplexity, samples, estimate against actual",
         # It also reads the model, the training curves and the checkpoints (READS_UNDECLARED).
         inputs=(TOKENS, TOKENIZER, TRAIN_REPORT),
-        params=("paths", "model.context", "train.device", "train.tokens_per_step", "evaluate"),
+        # model: its report records the section (the model it evaluated); a model change retrains,
+        # and evaluate follows train, so this reruns it no more often
+        params=("paths", "model", "train.device", "train.tokens_per_step", "evaluate"),
         outputs=(SAMPLES, SUMMARY, PLOTS, EVAL, METRICS),
         gpu=True,
     ),
@@ -227,8 +240,8 @@ STAGES: tuple[Stage, ...] = (
 # stage writes them together and the report changes whenever any of them does (it records each
 # run's wall-clock time and the checkpoints it kept). One input per upstream run keeps
 # `dvc exp show` to one dependency column for a training experiment. train: the cost report, for
-# the budget it holds while it runs (pipeline/cost/budget.py): a finished run's outputs never depend on
-# it, so a budget change must not retrain.
+# the budget and tolerance it holds while it runs (pipeline/cost/budget.py): a finished run's outputs
+# never depend on them, so a budget change must not retrain.
 READS_UNDECLARED = {"evaluate": (MODEL, TRAIN_LIVE, CHECKPOINTS), "train": (COST,)}
 
 
@@ -239,11 +252,16 @@ def by_name(name: str) -> Stage:
     raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
 
 
+def resolve(template: str, paths: Paths) -> Path:
+    """A path template over params.paths, reading only the keys it names."""
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    return Path(template.format(**{name: getattr(paths, name) for name in names}))
+
+
 def paths_for(stage: Stage, params: Params) -> dict[str, Path]:
     """Every artifact the stage reads or writes, resolved over params.paths: its run()'s keywords."""
-    values = {k: str(v) for k, v in params.section("paths").items()}
     artifacts = stage.inputs + stage.outputs + READS_UNDECLARED.get(stage.name, ())
-    return {a.name: Path(a.template.format(**values)) for a in artifacts}
+    return {a.name: resolve(a.template, params.paths) for a in artifacts}
 
 
 def run_stage(name: str, params: Params, **paths: Path) -> Any:
@@ -257,12 +275,23 @@ def run_stage(name: str, params: Params, **paths: Path) -> Any:
 
 
 def params_of(stage: Stage, params: Params) -> dict[str, Any]:
-    """The values of exactly the keys a stage reads: Snakemake reruns a rule when they change."""
-    data = params.as_dict()
+    """The values of exactly the keys a stage reads, as JSON: Snakemake reruns a rule when they
+    change. Only those keys are read (a dump of every section would read them all)."""
     selected: dict[str, Any] = {}
     for key in stage.params:
-        node: Any = data
-        for part in key.split("."):
-            node = node[part]
-        selected[key] = node
+        section, _, field = key.partition(".")
+        selected[key] = to_jsonable_python(getattr(getattr(params, section), field)) if field else params.section(section)
     return selected
+
+
+def declared_params(name: str, params: Params) -> dict[str, Any]:
+    """params_of by section ({"paths": {"tokens": ...}, "data": {...}}): the params a stage records as
+    what made its outputs, so that no record holds a value whose change would not rerun the stage."""
+    nested: dict[str, Any] = {}
+    for key, value in params_of(by_name(name), params).items():
+        section, _, field = key.partition(".")
+        if field:
+            nested.setdefault(section, {})[field] = value
+        else:
+            nested[section] = value
+    return nested

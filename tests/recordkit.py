@@ -24,6 +24,7 @@ def manifest(path: Path, **fields: Any) -> TokenManifest:
 def cost(path: Path, **fields: Any) -> CostReport:
     values = {"device": "cpu", "device_description": "a CPU", "num_devices": 1, "pricing": "on_demand",
               "fits": True, "within_budget": True, "override": False, "override_budget": False, "over_budget": [], "budget": {"usd": 10.0},
+              "budget_tolerance": 0.1,
               "tokens": 8192, "steps": 8, "tokens_per_step": 1024, "train_tokens_available": 8192, "epochs": 1.0,
               "parameters": 1000, "flops_per_token": 1e8, "flops": 1e12, "executed_flops": 1e12, "eval_flops": 0.0,
               "hours": 2.0, "step_hours": 2.0, "tokens_per_second": 8192 / 7200, "usd": 4.0, "usd_per_hour": 2.0,

@@ -42,7 +42,7 @@ def test_stage_params_name_real_keys():
 def test_code_deps_refuse_a_misspelled_stage():
     from pipeline.registry import code_deps
 
-    with pytest.raises(ValueError, match="no module pipeline.stages.trian"):
+    with pytest.raises(ValueError, match=r"no module pipeline\.stages\.trian \(a misspelled stage\?\)"):
         code_deps("pipeline.stages.trian")
 
 

@@ -17,7 +17,11 @@ from pipeline.engine import checkpoint
 from pipeline.model import compute
 from pipeline.tools import doctor
 from pipeline.core import params as params_module
+from pipeline.cost import hardware
 from pipeline.cost.hardware import GIB
+from pipeline.registry import run_stage
+
+from trainkit import tiny_params
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = [ROOT / "params.yaml"]
@@ -78,12 +82,16 @@ def test_a_small_disk_is_a_problem_naming_paths_checkpoints_and_the_gib(tmp_path
     params = load(DEFAULT, tmp_path)
     report = doctor.run(params, find_cuda=no_gpu(monkeypatch))
     [disk] = [p for p in report.problems if "paths.checkpoints" in p]
-    each = 12 * compute.parameter_count(params.model, params.tokenizer.vocab_size) + doctor.CHECKPOINT_SMALL_FILES_BYTES
+    # the default muon: fp32 weights, one fp32 momentum per hidden matrix, AdamW's two for the rest
+    n = compute.parameter_count(params.model, params.tokenizer.vocab_size)
+    hidden = compute.hidden_matrix_parameters(params.model)
+    each = 4 * n + 4 * hidden + 8 * (n - hidden) + doctor.CHECKPOINT_SMALL_FILES_BYTES
     needed = (params.train.keep_last + 2) * each + checkpoint.SPACE_MARGIN_BYTES + int(each * 0.05)
     assert f"need {needed / GIB:.2f} GiB free" in disk and "has 0.01 GiB" in disk
     assert "train.keep_last" in disk
     assert len(report.problems) == 2  # and the hardware problem, all at once
-    assert 5 * 1.2 < needed / GIB < 5 * 1.4  # GPT-2 small, vocab 32000: ~1.3 GiB per checkpoint
+    assert 5 * 0.85 < needed / GIB < 5 * 1.0  # ~110M parameters, vocab 32000: ~0.9 GiB per checkpoint
+    assert "train.optimizer muon's state" in report.text()
 
 
 def test_checkpoints_already_on_disk_count_toward_the_need(tmp_path, monkeypatch):
@@ -103,7 +111,32 @@ def test_the_token_manifest_vocabulary_sizes_the_checkpoints(demo_tokens, monkey
     params = demo_tokens.params
     vocab = demo_tokens.manifest["vocab_size"]
     assert doctor.vocab_size(params) == vocab
-    assert doctor.checkpoint_bytes(params, vocab) == 12 * compute.parameter_count(params.model, vocab) + 2**20
+    state = compute.optimizer_state_bytes(params.model, vocab, params.train.optimizer)
+    assert doctor.checkpoint_bytes(params, vocab) == 4 * compute.parameter_count(params.model, vocab) + state + 2**20
+
+
+@pytest.mark.parametrize("optimizer,state_bytes_per_parameter", [("adamw", 8), ("muon", None)])
+def test_checkpoints_are_sized_from_the_optimizers_state(tmp_path, optimizer, state_bytes_per_parameter):
+    params = load(DEFAULT, tmp_path, f"train.optimizer={optimizer}")
+    vocab = params.tokenizer.vocab_size
+    n, hidden = compute.parameter_count(params.model, vocab), compute.hidden_matrix_parameters(params.model)
+    # AdamW: exp_avg and exp_avg_sq for every parameter; Muon: one momentum_buffer per hidden matrix
+    state = 8 * n if state_bytes_per_parameter else 4 * hidden + 8 * (n - hidden)
+    assert doctor.checkpoint_parts(params, vocab) == {"weights": 4 * n, "optimizer": state}
+    assert doctor.checkpoint_parts(params, vocab)["optimizer"] == compute.training_memory(
+        params.model, vocab, 1, "fp16", False, optimizer=optimizer).optimizer  # what the planner counts
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_checkpoint_train_writes_is_the_size_doctor_plans_for(demo_tokens, tmp_path, optimizer):
+    params = tiny_params(demo_tokens, tmp_path, f"train.optimizer={optimizer}", "train.max_steps=1",
+                         "train.checkpoint_every=1")
+    run_stage("train", params)
+    [(_, written)] = checkpoint.steps(params.paths.checkpoints)
+    planned = doctor.checkpoint_parts(params, demo_tokens.manifest["vocab_size"])
+    payload = sum(f.stat().st_size for f in written.iterdir())
+    # safetensors and torch.save add headers and tensor names, meta and history their JSON
+    assert sum(planned.values()) < payload < sum(planned.values()) + doctor.CHECKPOINT_SMALL_FILES_BYTES
 
 
 def test_fake_t4_with_default_params_is_ready_and_reported(tmp_path, monkeypatch):
@@ -153,13 +186,37 @@ def test_a_cpu_target_on_a_gpu_machine_says_what_to_set(tmp_path, monkeypatch):
     assert ready.exit_code == 0
 
 
+CATALOG_GPU_NAMES = [(name, entry) for entry, gpu in hardware.gpus().items() for name in gpu.gpu_names]
+
+
+def test_every_catalog_gpu_is_known_by_a_name():
+    assert {entry for _, entry in CATALOG_GPU_NAMES} == set(hardware.gpus()) and len(hardware.gpus()) >= 7
+
+
+@pytest.mark.parametrize("name,entry", CATALOG_GPU_NAMES)
+def test_doctor_knows_each_catalog_gpu_by_the_name_its_entry_lists(tmp_path, monkeypatch, name, entry):
+    report = doctor.run(load(DEFAULT, tmp_path), find_cuda=fake_gpu(monkeypatch, name=name))
+    assert f"cuda:0 {name} is catalog entry {entry}" in report.sections["cuda"]
+    # the warning names the GPU's entry unless it is cost.hardware's own
+    assert (f"looks like catalog entry {entry}" in " ".join(report.warnings)) == (entry != "t4-16gb")
+
+
 @pytest.mark.parametrize("name,entry", [
-    ("Tesla T4", "t4-16gb"), ("NVIDIA GeForce RTX 2050", "rtx2050-laptop-4gb"), ("NVIDIA L4", "l4-24gb"),
-    ("NVIDIA A10G", "a10g-24gb"), ("NVIDIA A100-SXM4-40GB", "a100-40gb"), ("NVIDIA A100 80GB PCIe", "a100-80gb"),
-    ("NVIDIA H100 80GB HBM3", "h100-80gb"), ("NVIDIA H100 PCIe", None), ("NVIDIA H200", None),
-    ("NVIDIA GeForce RTX 4090", None)])
-def test_catalog_match_by_driver_name(name, entry):
-    assert doctor.catalog_match(name) == entry
+    ("tesla  t4", "t4-16gb"), ("NVIDIA A100 80GB PCIe", "a100-80gb"), ("NVIDIA L40S", None), ("NVIDIA H100 PCIe", None),
+    ("NVIDIA H200", None), ("NVIDIA GeForce RTX 4090", None)])
+def test_a_gpu_is_known_by_its_whole_name_case_and_spacing_aside(name, entry):
+    assert hardware.gpu_entry(name) == entry
+
+
+def test_a_gpu_no_entry_names_says_how_to_add_one(tmp_path, monkeypatch):
+    report = doctor.run(load(DEFAULT, tmp_path), find_cuda=fake_gpu(monkeypatch, name="NVIDIA H200"))
+    assert any("NVIDIA H200 is no catalog entry" in line and "gpu_names" in line for line in report.sections["cuda"])
+
+
+def test_extra_hardware_names_a_gpu_for_doctor(tmp_path, monkeypatch):
+    params = load(DEFAULT, tmp_path, "cost.extra_hardware={t4-16gb: {gpu_names: [NVIDIA H200]}}")
+    report = doctor.run(params, find_cuda=fake_gpu(monkeypatch, name="NVIDIA H200"))
+    assert "cuda:0 NVIDIA H200 is catalog entry t4-16gb" in report.sections["cuda"]
 
 
 @pytest.mark.parametrize("capability,archs,supported", [

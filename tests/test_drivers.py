@@ -141,8 +141,10 @@ def _both_drivers_matrix(driver, work: Path) -> None:
 
     _set(work, "evaluate.max_new_tokens", 9)
     _expect(driver, work, "an evaluate value", ["evaluate"])
-    _set(work, "train.lr", 0.001)
+    _set(work, "train.patience", 7)
     _expect(driver, work, "a train value", ["train", "evaluate"])
+    _set(work, "train.lr", 0.001)   # the run's identity: a run is never priced from its own speed
+    _expect(driver, work, "train.lr", ["estimate", "train", "evaluate"])
     _set(work, "model.context", 32)
     _expect(driver, work, "model.context", ["estimate", "train", "evaluate"])
     _set(work, "train.optimizer", "adamw")   # the plan is sized and priced for the optimizer

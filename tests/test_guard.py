@@ -75,7 +75,7 @@ def test_override_budget_lets_the_run_go(demo_tokens, tmp_path):
 def test_projection_counts_spent_hours_the_tolerance_and_the_estimates_rates(tmp_path):
     cost = recordkit.cost(tmp_path / "cost.json", hours=2.0, step_hours=1.6, usd=4.0, kwh=1.0, tokens=1000,
                           tokens_per_step=10, budget={"usd": 10.0, "hours": None, "kwh": None})
-    guard = BudgetGuard(CostReport.read(tmp_path / "cost.json"), tolerance=0.1, tokens_planned=1000)
+    guard = BudgetGuard(CostReport.read(tmp_path / "cost.json"), tokens_planned=1000)
     assert guard.active and not guard.due(GUARD_FIRST_STEPS - 1, 1.0) and guard.due(GUARD_FIRST_STEPS, 1.0)
     # 500 tokens to go at 0.1 token/s: 5000 s of steps, x 2.0/1.6 for validation = 1.736 h, plus 3 h spent
     p = guard.project(step=50, tokens_done=500, step_rate=0.1, spent_hours=3.0)
@@ -83,4 +83,4 @@ def test_projection_counts_spent_hours_the_tolerance_and_the_estimates_rates(tmp
     assert abs(p.projected["usd"] - p.projected["hours"] * 2.0) < 1e-9  # the estimate's $/h
     assert p.over == [] and p.projected["usd"] < 10.0 * 1.1
     assert guard.project(step=50, tokens_done=500, step_rate=0.05, spent_hours=3.0).over == ["usd"]
-    assert cost.tokens == 1000 and json.loads((tmp_path / "cost.json").read_text())["format"] == 1
+    assert cost.tokens == 1000 and json.loads((tmp_path / "cost.json").read_text())["format"] == 2

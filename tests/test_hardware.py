@@ -108,6 +108,14 @@ def test_bad_extra_hardware_names_each_field():
     assert "cost.extra_hardware.t4-16gb.mfu_default" in message
 
 
+def test_gpu_names_belong_to_gpus_one_entry_each():
+    with pytest.raises(PipelineError, match=r"cost.extra_hardware.cpu.gpu_names: a cpu entry is no GPU: remove"):
+        hardware.catalog({"cpu": {"gpu_names": ["Tesla T4"]}})
+    with pytest.raises(PipelineError, match=r"gpu_names: 'tesla t4' in t4-16gb and l4-24gb: list each name"):
+        hardware.gpus({"l4-24gb": {"gpu_names": ["NVIDIA L4", "TESLA  T4"]}})
+    assert hardware.gpu_entry("NVIDIA L4", {"l4-24gb": {"gpu_names": ["NVIDIA L4 (our name)"]}}) is None
+
+
 def test_extra_hardware_entry_must_be_a_mapping():
     with pytest.raises(PipelineError, match="cost.extra_hardware.gpu must be a mapping"):
         hardware.catalog({"gpu": 42})

@@ -41,7 +41,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "evaluation": frozenset({"core", "data", "model", "engine"}),
     "reports": LIBRARY - {"reports", "tools"},
     "tools": (LIBRARY - {"tools"}) | {"registry"},   # dag writes dvc.yaml from the registry
-    "stages": LIBRARY,
+    # a stage records the params it declares (registry.declared_params) as what made its outputs
+    "stages": LIBRARY | {"registry"},
     # the stage list names each stage's module as a string and imports it only to run it
     "registry": LIBRARY - {"tools"},
     # every stage's code deps start at the CLI: what it imports would rerun every stage

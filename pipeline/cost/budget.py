@@ -10,9 +10,9 @@ kW (reports/cost.json). A projection over a budget by more than cost.budget_tole
 wall clock past cost.budget_hours, stops the run (checkpointed, exit 3) unless
 cost.override_budget is set. Hours spent before a resume count.
 
-The budget reaches train through the cost report, not through params train declares: a finished
-run's outputs never depend on the budget (a run it stopped has none), so a budget change must
-not retrain, and a run stopped by it resumes when the budget is raised.
+The budget and its tolerance reach train through the cost report, not through params train
+declares: a finished run's outputs never depend on the budget (a run it stopped has none), so a
+budget change must not retrain, and a run stopped by it resumes when the budget is raised.
 """
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ class Projection:
 
 
 class BudgetGuard:
-    def __init__(self, cost: CostReport | None, tolerance: float, tokens_planned: int):
-        self.cost, self.tolerance, self.tokens_planned = cost, tolerance, tokens_planned
+    def __init__(self, cost: CostReport | None, tokens_planned: int):
+        self.cost, self.tokens_planned = cost, tokens_planned
         self.last: Projection | None = None
         self._next_check_at: float | None = None
 
@@ -140,10 +140,10 @@ class BudgetGuard:
         projected = {"hours": hours, "usd": hours * (cost.usd / cost.hours if cost.hours else 0.0),
                      "kwh": hours * (cost.kwh / cost.hours if cost.hours else 0.0)}
         over = [k for k, limit in cost.budget.items()
-                if limit is not None and projected[k] > limit * (1 + self.tolerance)]
+                if limit is not None and projected[k] > limit * (1 + cost.budget_tolerance)]
         budget_hours = cost.budget.get("hours")
         self.last = Projection(step=step, tokens_per_second=step_rate, projected=projected, spent_hours=spent_hours,
-                               budget=dict(cost.budget), tolerance=self.tolerance, over=over,
+                               budget=dict(cost.budget), tolerance=cost.budget_tolerance, over=over,
                                wall_clock_over=budget_hours is not None and spent_hours >= budget_hours)
         return self.last
 
@@ -154,7 +154,7 @@ class BudgetGuard:
                     "a hard wall-clock limit")
         else:
             what = "; ".join(f"{_amount(p.projected[k], k)} projected > cost.budget_{k} {_amount(cost.budget[k], k)}"
-                             f" (+{self.tolerance:.0%} tolerance)" for k in p.over)
+                             f" (+{p.tolerance:.0%} tolerance)" for k in p.over)
             what = f"at the measured {p.tokens_per_second:,.0f} tokens/s the run heads over budget: {what}"
         affordable = affordable_tokens(self.tokens_planned, p.projected, cost.budget, cost.tokens_per_step)
         fewer = f"fewer tokens (train.max_tokens: {affordable:,} fits at this rate), " if affordable > 0 else ""

@@ -2,6 +2,7 @@
 
     device = get_device(params.cost)       # the target of the run
     devices = catalog(params.cost.extra_hardware)
+    gpu_entry("Tesla T4")                  # "t4-16gb": the entry listing the name a driver reports
 
 An entry with `detect: true` (the packaged `cpu`) is this machine: the DETECTED fields it does not
 set come from pipeline.cost.cpuinfo when the entry is built, never at import, and Device.detected
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from pipeline.cost import cpuinfo
 from pipeline.core.errors import PipelineError
@@ -56,6 +57,17 @@ class _Spec(BaseModel):
     mfu_by_precision: dict[Literal["fp32", "fp16", "bf16"], float] = {}
     runtime_overhead_gib: float = Field(ge=0)
     sources: dict[str, str]
+    # a cuda entry: the names the driver reports for the GPU (torch.cuda.get_device_name(),
+    # nvidia-smi --query-gpu=name), by which doctor and gpu-check know it
+    gpu_names: list[str] = []
+
+    @field_validator("gpu_names")
+    @classmethod
+    def _only_gpus_have_gpu_names(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        kind = info.data.get("kind")
+        if names and kind != "cuda":
+            raise ValueError(f"a {kind} entry is no GPU: remove its gpu_names")
+        return names
 
 
 class _Colab(BaseModel):
@@ -82,6 +94,7 @@ class Device:
     sources: dict[str, str] = field(default_factory=dict)
     detected: dict[str, Any] | None = None  # pipeline.cost.cpuinfo.profile() where the entry was detected
     mfu_by_precision: dict[str, float] = field(default_factory=dict)
+    gpu_names: tuple[str, ...] = ()   # what the driver calls it (cuda entries)
 
     def mfu(self, precision: str) -> float:
         """The catalog's assumed MFU of a run in `precision` (model FLOPs over that precision's peak)."""
@@ -108,6 +121,32 @@ def get_device(cost: Cost) -> Device:
         raise PipelineError(f"cost.hardware: unknown device {cost.hardware!r}; {guess}known: {', '.join(entries)} "
                             "(or describe it under cost.extra_hardware)")
     return _build({cost.hardware: entries[cost.hardware]}, cost.extra_hardware)[cost.hardware]
+
+
+def gpus(extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Device]:
+    """The CUDA entries, without building the `cpu` entry (which measures this machine). A GPU
+    name two entries list is refused: the driver's name must say which entry a GPU is."""
+    devices = _build({name: e for name, e in _entries(extra).items() if e.get("kind") == "cuda"}, extra)
+    listed: dict[str, list[str]] = {}
+    for name, device in devices.items():
+        for gpu_name in device.gpu_names:
+            listed.setdefault(_normalized(gpu_name), []).append(name)
+    shared = [f"{gpu_name!r} in {' and '.join(names)}" for gpu_name, names in listed.items() if len(names) > 1]
+    if shared:
+        raise PipelineError(f"gpu_names: {'; '.join(shared)}: list each name the driver reports under one entry")
+    return devices
+
+
+def gpu_entry(reported: str, extra: dict[str, dict[str, Any]] | None = None) -> str | None:
+    """The CUDA entry whose gpu_names hold `reported`, the name the driver gives a GPU (case and
+    spacing aside), or None."""
+    wanted = _normalized(reported)
+    return next((name for name, device in gpus(extra).items()
+                 if wanted in {_normalized(gpu_name) for gpu_name in device.gpu_names}), None)
+
+
+def _normalized(gpu_name: str) -> str:
+    return " ".join(gpu_name.split()).casefold()
 
 
 @lru_cache(maxsize=1)
@@ -138,7 +177,8 @@ def _build(entries: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]] 
             devices[name] = _device(name, _Spec.model_validate(entry), colab, detected)
         except ValidationError as exc:
             problems += [f"{where}.{'.'.join(str(p) for p in e['loc'])}: "
-                         f"{'missing' if e['type'] == 'missing' else e['msg']}" for e in exc.errors()]
+                         f"{'missing' if e['type'] == 'missing' else e['msg'].removeprefix('Value error, ')}"
+                         for e in exc.errors()]
     if problems:
         raise PipelineError("invalid hardware entries:\n" + "\n".join(f"  - {p}" for p in problems)
                             + "\nFix them (every field of pipeline/cost/hardware.yaml, prices and MFU > 0).")
@@ -205,4 +245,5 @@ def _device(name: str, spec: _Spec, colab: _Colab, detected: dict[str, Any] | No
         runtime_overhead_bytes=int(spec.runtime_overhead_gib * GIB),
         sources=sources,
         detected=detected,
+        gpu_names=tuple(spec.gpu_names),
     )

@@ -9,7 +9,7 @@ from pipeline.core.record import Record
 class CostReport(Record):
     """reports/cost.json: the estimate, read by the evaluate stage to hold it against the run."""
 
-    FORMAT = 1
+    FORMAT = 2
     WRITTEN_BY = "estimate"
 
     device: str
@@ -22,6 +22,7 @@ class CostReport(Record):
     override_budget: bool         # cost.override_budget as given: train's budget guard obeys it too
     over_budget: list[str]
     budget: dict[str, float | None]
+    budget_tolerance: float       # cost.budget_tolerance: how far over a budget train's guard lets a projection go
     tokens: int
     steps: int
     tokens_per_step: int

@@ -359,7 +359,7 @@ class Trainer:
                 "counts": self.counts,
                 "identity": identity(self.params, self.manifest),
                 "setup": asdict(self.setup),
-                "params": self.params.as_dict(),
+                "params": {name: self.params.section(name) for name in ("model", "train")},
             }
             states = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
             if self.scaler.is_enabled():

@@ -23,6 +23,7 @@ from pipeline.cost.render import render_markdown, render_terminal
 from pipeline.cost.report import CostReport
 from pipeline.data.tokens import TokenManifest, load as load_manifest
 from pipeline.model import compute
+from pipeline.registry import declared_params
 
 
 def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path, cost_md: Path) -> CostReport:
@@ -46,7 +47,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
         pricing=params.cost.pricing, fits=fit.fits, within_budget=not over,
         override=bool(params.cost.override_budget and over and fit.fits),
         override_budget=params.cost.override_budget, over_budget=over,
-        budget=budget.limits(params.cost),
+        budget=budget.limits(params.cost), budget_tolerance=params.cost.budget_tolerance,
         tokens=work.tokens, steps=work.tokens // fit.plan.tokens_per_step, tokens_per_step=fit.plan.tokens_per_step,
         train_tokens_available=manifest.train_tokens,
         epochs=work.tokens / manifest.train_tokens if manifest.train_tokens else None,
@@ -54,8 +55,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
         **figures, mfu=mfu, mfu_source=mfu_source,
         peak_memory_bytes=fit.memory.total, memory_usable_bytes=fit.usable_bytes, memory=fit.memory.as_dict(),
         plan=fit.plan.as_dict(), sources=device.sources, detected=getattr(device, "detected", None),
-        provenance=provenance.record({"model": params.section("model"), "cost": params.section("cost"),
-                                      "train": params.section("train")}),
+        provenance=provenance.record(declared_params("estimate", params)),
     )
     refusal = _refusal(params, device, fit, figures, over, what_if, str(cost_md))
     write_text(cost_md, render_markdown(report, what_if, refusal))

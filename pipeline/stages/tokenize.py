@@ -22,6 +22,7 @@ from pipeline.data import bpe
 from pipeline.data.corpus import Corpus, check_split_documents
 from pipeline.data.encode import Split, encode_splits, unigram_entropy
 from pipeline.data.tokens import MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, dtype_for_vocab
+from pipeline.registry import declared_params
 
 
 def run(params: Params, *, corpus: Path, tokenizer: Path, tokens: Path) -> TokenManifest:
@@ -74,7 +75,7 @@ def _manifest(params: Params, splits: dict[str, Split], tokenizer: Tokenizer, dt
         "unigram_entropy_nats": round(unigram_entropy(train.counts), 6),
         "invalid_utf8_replacements": source.replacements,
         "skipped_entries": {kind: paths for kind, paths in source.skipped.items() if paths},
-        **provenance.record({name: params.section(name) for name in ("paths", "data", "tokenizer")}),
+        **provenance.record(declared_params("tokenize", params)),
     })
 
 

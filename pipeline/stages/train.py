@@ -43,7 +43,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
     outputs = {"model": Path(model), "train_live": Path(train_live), "checkpoints": Path(checkpoints),
                "train_report": Path(train_report)}
     estimate = CostReport.read_if_present(cost)
-    guard = BudgetGuard(estimate, params.cost.budget_tolerance, tokens_to_train(params))
+    guard = BudgetGuard(estimate, tokens_to_train(params))
     trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs, guard)
     trainer.estimate = estimate.as_dict() if estimate else None
     try:

@@ -8,9 +8,10 @@ under paths.checkpoints against what the kept checkpoints will need, and whether
 describes this machine. Every problem is listed at once; the exit status is 2 when the run would
 fail here, 0 otherwise (warnings allowed).
 
-`run(params)` returns the Report; `cuda_devices()`, `catalog_match()` and `EnergyCounter` are
-shared with the GPU check (pipeline/tools/gpucheck.py). Importing this module is cheap: torch and the
-catalog are imported when a check runs.
+`run(params)` returns the Report; `cuda_devices()` and `EnergyCounter` are shared with the GPU
+check (pipeline/tools/gpucheck.py). Both know a GPU's catalog entry by the names the entry lists
+(gpu_names in pipeline/cost/hardware.yaml). Importing this module is cheap: torch and the catalog
+are imported when a check runs.
 """
 from __future__ import annotations
 
@@ -25,21 +26,12 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 
 from pipeline.core.units import GIB  # noqa: E402
-# A checkpoint holds fp32 weights, AdamW's exp_avg and exp_avg_sq (fp32 each): 12 bytes per
-# parameter; config, meta, history, scheduler and scaler states and SHA256SUMS add well under this.
-CHECKPOINT_BYTES_PER_PARAMETER = 12
+# Besides the weights and the optimizer's state: config, meta, history, scheduler and scaler
+# states and SHA256SUMS, well under this.
 CHECKPOINT_SMALL_FILES_BYTES = 1 << 20
-# the catalog entries torch.cuda.get_device_name() identifies (names as the driver reports them)
-CATALOG_GPU_NAMES = {
-    "rtx2050-laptop-4gb": r"RTX 2050",
-    "t4-16gb": r"\bT4\b",
-    "l4-24gb": r"\bL4\b",
-    "a10g-24gb": r"\bA10G\b",
-    "a100-40gb": r"\bA100\b.*\b40 ?GB\b",
-    "a100-80gb": r"\bA100\b.*\b80 ?GB\b",
-    "h100-80gb": r"\bH100 80GB HBM3\b",   # the SXM5 part; PCIe and NVL H100s are slower
-}
 TORCH_INSTALL = "https://pytorch.org/get-started/locally/"
+NO_ENTRY = ("add one to pipeline/cost/hardware.yaml with the name under gpu_names, or describe it under "
+            "cost.extra_hardware")
 
 
 # ---- facts about the CUDA devices -----------------------------------------------------------------
@@ -139,14 +131,6 @@ def _nvml_handle(pynvml: Any, index: int, uuid: Any) -> Any:
     return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
-def catalog_match(gpu_name: str) -> str | None:
-    """The catalog entry this GPU is, by the name the driver reports, or None."""
-    for entry, pattern in CATALOG_GPU_NAMES.items():
-        if re.search(pattern, gpu_name, re.IGNORECASE):
-            return entry
-    return None
-
-
 def arch_supported(gpu: CudaDevice) -> bool:
     """Whether this torch build carries code for the GPU: a binary for the same major version and
     an equal or lower minor (sm_86 runs sm_80 code), or PTX of a lower or equal capability that
@@ -201,7 +185,7 @@ def run(params: Params, *, find_cuda: Callable[[], list[CudaDevice]] = cuda_devi
     gpus = find_cuda()
     _software(report)
     _cpu(report, params)
-    _gpus(report, gpus)
+    _gpus(report, params, gpus)
     vocab = vocab_size(params, report)
     _disk(report, params, vocab)
     _target(report, params, gpus, vocab)
@@ -251,11 +235,16 @@ def _cpu(report: Report, params: Params) -> None:
                       f"{found['load_average']:g}; {cached}; `{found['remeasure']}` measures again)")
 
 
-def _gpus(report: Report, gpus: list[CudaDevice]) -> None:
+def _gpus(report: Report, params: Params, gpus: list[CudaDevice]) -> None:
+    from pipeline.cost import hardware
+
     if not gpus:
         report.add("cuda", "no CUDA device (torch.cuda.is_available() is False)")
         return
     for gpu in gpus:
+        entry = hardware.gpu_entry(gpu.name, params.cost.extra_hardware)
+        report.add("cuda", f"cuda:{gpu.index} {gpu.name} is catalog entry {entry}" if entry else
+                           f"cuda:{gpu.index} {gpu.name} is no catalog entry: {NO_ENTRY}")
         bf16 = "bf16 native" if gpu.bf16_native else \
             "bf16 emulated (compute capability < 8.0; torch.cuda.is_bf16_supported() may still say True): fp16 + loss scaling"
         energy = "NVML energy counter reads" if gpu.energy_counter else f"no NVML energy ({gpu.energy_note})"
@@ -270,16 +259,25 @@ def _gpus(report: Report, gpus: list[CudaDevice]) -> None:
             report.warnings.append(f"cuda:{gpu.index}: {gpu.energy_note}: the train report will have no measured kWh")
 
 
-def checkpoint_bytes(params: Params, vocab: int) -> int:
+def checkpoint_parts(params: Params, vocab: int) -> dict[str, int]:
+    """Bytes of one checkpoint's weights (fp32) and optimizer state, as the planner's memory model
+    counts them (compute.training_memory): AdamW keeps two fp32 moments per parameter, Muon one
+    momentum per hidden matrix and AdamW's two for the rest."""
     from pipeline.model import compute
 
-    return CHECKPOINT_BYTES_PER_PARAMETER * compute.parameter_count(params.model, vocab) + CHECKPOINT_SMALL_FILES_BYTES
+    return {"weights": 4 * compute.parameter_count(params.model, vocab),
+            "optimizer": compute.optimizer_state_bytes(params.model, vocab, params.train.optimizer)}
+
+
+def checkpoint_bytes(params: Params, vocab: int) -> int:
+    return sum(checkpoint_parts(params, vocab).values()) + CHECKPOINT_SMALL_FILES_BYTES
 
 
 def _disk(report: Report, params: Params, vocab: int) -> None:
     from pipeline.engine import checkpoint
 
     root = Path(params.paths.checkpoints)
+    parts = checkpoint_parts(params, vocab)
     each = checkpoint_bytes(params, vocab)
     kept = params.train.keep_last + 2       # the newest keep_last, the best, and the one being written
     needed = kept * each
@@ -291,7 +289,8 @@ def _disk(report: Report, params: Params, vocab: int) -> None:
                        f"{checkpoint.human_bytes(free)} free; "
                        f"the kept checkpoints need about {checkpoint.human_bytes(needed)}: train.keep_last "
                        f"{params.train.keep_last} + 1 best + 1 being written, {checkpoint.human_bytes(each)} each "
-                       "(fp32 weights + AdamW's two fp32 states)"
+                       f"(fp32 weights {checkpoint.human_bytes(parts['weights'])} + train.optimizer "
+                       f"{params.train.optimizer}'s state {checkpoint.human_bytes(parts['optimizer'])})"
                        + (f"; {checkpoint.human_bytes(held)} already held there" if held else ""))
     if free < more:
         report.problems.append(
@@ -311,7 +310,6 @@ def _nearest_existing(path: Path) -> Path:
 
 def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) -> None:
     from pipeline.cost import hardware
-    from pipeline.cost import planner as plan
     from pipeline.engine.plan import resolve_device
 
     try:
@@ -336,14 +334,16 @@ def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) 
 
 
 def _kind_mismatch(params: Params, target: Any, here: str, gpus: list[CudaDevice]) -> str:
+    from pipeline.cost import hardware
+
     name, device = target.name, params.train.device
     if target.kind == "cuda":
         why = "train.device is cpu" if device == "cpu" else "torch sees no CUDA GPU"
         return (f"cost.hardware is {name}, a CUDA GPU, but train.device {device} resolves to cpu on this machine "
                 f"({why}): to train on this CPU set cost.hardware: cpu (--set cost.hardware=cpu, as "
                 "params/demo.yaml does) and rerun estimate; or run on a machine with the GPU")
-    match = catalog_match(gpus[0].name) if gpus else None
-    entry = match or "this GPU's entry (pipeline/cost/hardware.yaml, or describe it under cost.extra_hardware)"
+    match = hardware.gpu_entry(gpus[0].name, params.cost.extra_hardware) if gpus else None
+    entry = match or f"this GPU's entry ({NO_ENTRY})"
     return (f"cost.hardware is {name}, a CPU, but train.device {device} resolves to cuda here "
             f"({gpus[0].name if gpus else 'a GPU'}): set train.device: cpu to train on the CPU, or "
             f"cost.hardware: {entry} and rerun estimate")
@@ -376,8 +376,10 @@ def _gpu_matches(report: Report, params: Params, target: Any, gpus: list[CudaDev
 
 
 def _one_gpu_matches(report: Report, params: Params, target: Any, gpu: CudaDevice, fit: Any) -> None:
+    from pipeline.cost import hardware
+
     need, usable_here = fit.memory.total, int(gpu.total_bytes * (1 - params.cost.memory_headroom))
-    match = catalog_match(gpu.name)
+    match = hardware.gpu_entry(gpu.name, params.cost.extra_hardware)
     if match and match != target.name:
         report.warnings.append(f"cuda:{gpu.index} {gpu.name} looks like catalog entry {match}, but cost.hardware is "
                                f"{target.name}: hours and dollars are estimated for {target.name}; set "

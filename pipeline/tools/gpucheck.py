@@ -181,10 +181,8 @@ def _cuda_machine(params: Params) -> Machine:
     torch.empty(1, device="cuda")  # the CUDA context exists from here: measure what it holds
     free, total = torch.cuda.mem_get_info()
     outside = max(0, total - free - torch.cuda.memory_reserved())
-    entry = doctor.catalog_match(gpu.name)
-    # the GPU entries only: building the `cpu` entry would measure this machine's CPU for nothing
-    catalog = {name: hardware.get_device(params.cost.model_copy(update={"hardware": name}))
-               for name in doctor.CATALOG_GPU_NAMES}
+    entry = hardware.gpu_entry(gpu.name, params.cost.extra_hardware)
+    catalog = hardware.gpus(params.cost.extra_hardware)
     measured = {p: cuda_matmul_peak(p) for p in ("fp32", "fp16", "bf16") if p != "bf16" or gpu.bf16_native}
     if entry:
         base = catalog[entry]
