@@ -161,6 +161,7 @@ def _both_drivers_matrix(driver, work: Path) -> None:
     _edit(work / "pipeline/reports/plots.py", '"tab:red"', '"tab:orange"')
     _expect(driver, work, "a plot colour", ["evaluate"])
     assert (work / "reports/train.json").read_bytes() == trained
+    _git(work, "commit", "-qam", "the code edits above, as a developer commits them")
 
     # The gate after training: the refusal keeps what was trained, and the fix, a budget change
     # like any other, reruns estimate alone, never train: the plan did not change.
