@@ -106,11 +106,24 @@ def child(impl: str, config: str, precision: str, data: Path, nanogpt: Path | No
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_plan(params) -> Path:
+    """The estimate stage's plan for these params, where train reads it (the bench prices nothing)."""
+    from pipeline.cost import hardware
+    from pipeline.cost.planner import plan_for
+    from pipeline.data.tokens import MANIFEST_FILE, TokenManifest
+
+    vocab = TokenManifest.read(params.paths.tokens / MANIFEST_FILE).vocab_size
+    path = params.paths.reports / "plan.json"
+    plan_for(params, hardware.get_device(params.cost), vocab).plan.write(path)
+    return path
+
+
 def run_pipeline(params, work: Path, warmup: int) -> dict:
     from pipeline.data.batches import TrainWindows
     from pipeline.registry import run_stage
     from pipeline.data.tokens import TRAIN_FILE
 
+    write_plan(params)
     report = run_stage("train", params).as_dict()
     tsv = work / "reports" / "train_live" / "plots" / "metrics" / "train" / "tokens_per_second.tsv"
     rates = [float(line.split("\t")[1]) for line in tsv.read_text().splitlines()[1:]][warmup:]
@@ -181,7 +194,7 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
     paths = paths_for(by_name("train"), params)
     manifest = load(paths["tokens"], data / "tokenizer")
     accelerator = Accelerator(cpu=True)
-    setup = setup_for(params, params.paths.reports / "no-plan.json", "cpu", 1, manifest.vocab_size)
+    setup = setup_for(params, write_plan(params), "cpu", 1)
     tokenizer = train._load_tokenizer(data / "tokenizer", params)
     outputs = {k: paths[k] for k in ("model", "train_live", "checkpoints", "train_report")}
     stage = train.Trainer(params, setup, accelerator, manifest, paths["tokens"], tokenizer, outputs,
