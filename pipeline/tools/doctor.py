@@ -311,7 +311,7 @@ def _nearest_existing(path: Path) -> Path:
 
 def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) -> None:
     from pipeline.cost import hardware
-    from pipeline.cost import planner as plan
+    from pipeline.engine.plan import resolve_device
 
     try:
         target = hardware.get_device(params.cost)
@@ -321,7 +321,7 @@ def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) 
     report.add("run", f"cost.hardware {target.name}: {target.kind}, {target.memory_bytes / GIB:.2f} GiB "
                       f"({target.description})")
     try:
-        here = plan.resolve_device(params.train.device)
+        here = resolve_device(params.train.device)
     except PipelineError as exc:
         report.problems.append(str(exc))
         here = None
