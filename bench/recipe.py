@@ -12,9 +12,9 @@
 Run it as the README says: nice -n 10, OMP_NUM_THREADS=2. Every run is a fresh child process
 training params.yaml + params/demo.yaml's model (4 layers x 256, context 256, 4,096 tokens per
 step, 120 steps: the demo's schedule, warmup 15 then cosine to min_lr / lr of the peak) with the
-train stage's own pieces: pipeline.model.build.build_model, pipeline.engine.step.optimizer_for + TrainStep,
-the train stage's data order (pipeline.data.batches.TrainWindows) and LR schedule. Runs of all recipes
-are interleaved within a seed, so load from other processes hits them alike.
+train stage's own engine: pipeline.engine.training (its model, optimizer, LR schedule and step), its
+data order (pipeline.data.batches.TrainWindows) and its validation (pipeline.engine.validation).
+Runs of all recipes are interleaved within a seed, so load from other processes hits them alike.
 
 Measured per run: the loss on a fixed val subset every 10 steps, the training steps' wall and CPU
 seconds (evaluation excluded), and at the end bits/byte over the whole val split (pipeline.
@@ -122,17 +122,14 @@ def _write_text(corpus: Path) -> None:
 # --- one run (a child process) ---------------------------------------------------------------------
 
 def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str, size: str) -> dict:
-    import numpy as np
     import torch
-    import torch.nn.functional as F
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     from pipeline.core import params as params_module
-    from pipeline.data.batches import TrainWindows, stack_windows, val_starts
+    from pipeline.data.batches import TrainWindows
     from pipeline.evaluation.scoring import score, scored_stream
-    from pipeline.model.build import build_model, count_parameters
-    from pipeline.engine.step import TrainStep, autocast, optimizer_for
-    from pipeline.data.tokens import MANIFEST_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
+    from pipeline.engine.training import build_training
+    from pipeline.engine.validation import Validation
+    from pipeline.data.tokens import MANIFEST_FILE, TRAIN_FILE, VAL_FILE, TokenManifest
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     params = params_module.load(FILES, [*SIZES[size]["sets"], *(RECIPES.get(recipe) or ABLATIONS[recipe]), *sets,
@@ -141,50 +138,32 @@ def child(base: Path, recipe: str, seed: int, sets: list[str], precision: str, s
     cfg, context = params.train, params.model.context
     tokens = base / "tokens"
     manifest = TokenManifest.read(tokens / MANIFEST_FILE)
-    torch.manual_seed(cfg.seed)
-    model = build_model(params.model, manifest.vocab_size, manifest.eot_token_id)
-    step = TrainStep(model, optimizer_for(model, cfg), precision=precision, device="cpu", grad_clip=cfg.grad_clip)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(step.optimizer, cfg.warmup_steps, cfg.max_steps,
-                                                            min_lr=cfg.min_lr)
+    training = build_training(params, manifest.vocab_size, manifest.eot_token_id, device="cpu", precision=precision,
+                              activation_checkpointing=False)
     seqs = cfg.tokens_per_step // context
     micro = min(seqs, 16)
     windows = TrainWindows(tokens / TRAIN_FILE, context, seqs, cfg.seed)
-    val = read_tokens(tokens / VAL_FILE)
-    subset = val_starts(tokens / VAL_FILE, context, EVAL_WINDOWS)
+    validation = Validation(tokens / VAL_FILE, context, EVAL_WINDOWS, micro)
 
     def subset_loss() -> float:
-        model.eval()
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(subset), micro):
-                x, y = stack_windows(val, subset[i:i + micro], context)
-                with autocast("cpu", precision):
-                    logits = model(input_ids=x, use_cache=False).logits
-                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        model.train()
-        return total / (len(subset) * context)
+        return validation.loss(training.raw, torch.device("cpu"), precision)
 
     evals = [{"step": 0, "tokens": 0, "loss": subset_loss(), "wall": 0.0, "cpu": 0.0}]
     wall = cpu = 0.0
     step_walls = []
     for s in range(cfg.max_steps):
-        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, s, 0]).generate_state(1)[0]))
         t, c = time.perf_counter(), time.process_time()
-        for m in range(seqs // micro):
-            x, y = windows.batch(s, m, 0, 1, micro)
-            step.micro(x, y, accum=seqs // micro)
-        step.update()
-        scheduler.step()
+        training.step(s, lambda m: windows.batch(s, m, 0, 1, micro), seqs // micro)
         step_walls.append(time.perf_counter() - t)
         wall += step_walls[-1]
         cpu += time.process_time() - c
         if (s + 1) % EVAL_EVERY == 0 or s + 1 == cfg.max_steps:
             evals.append({"step": s + 1, "tokens": (s + 1) * cfg.tokens_per_step, "loss": subset_loss(),
                           "wall": wall, "cpu": cpu})
-    final = score(model.eval(), scored_stream(tokens, manifest.as_dict()), context, micro, torch.device("cpu"),
+    final = score(training.raw.eval(), scored_stream(tokens, manifest.as_dict()), context, micro, torch.device("cpu"),
                   manifest.val_bytes)
     return {"recipe": recipe, "seed": seed, "sets": sets, "precision": precision,
-            "parameters": count_parameters(model), "evals": evals, "step_walls": step_walls,
+            "parameters": training.parameters, "evals": evals, "step_walls": step_walls,
             "val_loss": final.nats / final.tokens, "bits_per_byte": final.nats / math.log(2) / final.val_bytes,
             "model": params.section("model"), "train": params.section("train")}
 
@@ -196,8 +175,7 @@ def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: in
 
     from pipeline.core import params as params_module
     from pipeline.data.batches import TrainWindows
-    from pipeline.model.build import build_model
-    from pipeline.engine.step import TrainStep, optimizer_for
+    from pipeline.engine.training import build_training
     from pipeline.data.tokens import MANIFEST_FILE, TRAIN_FILE, TokenManifest
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -206,20 +184,17 @@ def alternate(base: Path, sets: dict[str, list[str]], precision: str, warmup: in
     for recipe, extra in sets.items():
         params = params_module.load(FILES, [*SIZES[size]["sets"], *RECIPES[recipe], *extra,
                                             f"train.precision={precision}"])
-        torch.manual_seed(0)
-        model = build_model(params.model, manifest.vocab_size, manifest.eot_token_id)
-        runners[recipe] = TrainStep(model, optimizer_for(model, params.train), precision=precision, device="cpu",
-                                    grad_clip=params.train.grad_clip)
+        runners[recipe] = build_training(params, manifest.vocab_size, manifest.eot_token_id, device="cpu",
+                                         precision=precision, activation_checkpointing=False)
     cfg, context = params.train, params.model.context
     seqs = cfg.tokens_per_step // context
     windows = TrainWindows(base / "tokens" / TRAIN_FILE, context, seqs, 0)
     times: dict[str, list[float]] = {recipe: [] for recipe in runners}
     for s in range(warmup + steps):
         x, y = windows.batch(s, 0, 0, 1, seqs)
-        for recipe, runner in runners.items():
+        for recipe, training in runners.items():
             t = time.perf_counter()
-            runner.micro(x, y, accum=1)
-            runner.update()
+            training.step(s, lambda micro: (x, y), 1)
             times[recipe].append(time.perf_counter() - t)
     return {recipe: t[warmup:] for recipe, t in times.items()}
 

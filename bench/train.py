@@ -15,7 +15,7 @@ Every measurement is a fresh child process; implementations are interleaved in e
 the table shows the median over rounds of each run's median step time (warm-up steps dropped).
 The stage's overheads are measured separately: building a step's batches from the memory map,
 DVCLive logging per step, and one checkpoint save spread over params.yaml's checkpoint_every.
---ab alternates the stage's own step (Trainer._train_step: windows from the memory map, DVCLive,
+--ab alternates the stage's own step (Trainer.train_step: windows from the memory map, DVCLive,
 tqdm, loss reduction) with a bare step on the same model and batch in one process, step by step,
 so load from other processes hits both alike: the loop's overhead without the noise.
 Heavy (GPT-2 124M on 2 cores): run it by hand on an otherwise idle machine, never in CI.
@@ -106,11 +106,24 @@ def child(impl: str, config: str, precision: str, data: Path, nanogpt: Path | No
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_plan(params) -> Path:
+    """The estimate stage's plan for these params, where train reads it (the bench prices nothing)."""
+    from pipeline.cost import hardware
+    from pipeline.cost.planner import plan_for
+    from pipeline.data.tokens import MANIFEST_FILE, TokenManifest
+
+    vocab = TokenManifest.read(params.paths.tokens / MANIFEST_FILE).vocab_size
+    path = params.paths.reports / "plan.json"
+    plan_for(params, hardware.get_device(params.cost), vocab).plan.write(path)
+    return path
+
+
 def run_pipeline(params, work: Path, warmup: int) -> dict:
     from pipeline.data.batches import TrainWindows
     from pipeline.registry import run_stage
     from pipeline.data.tokens import TRAIN_FILE
 
+    write_plan(params)
     report = run_stage("train", params).as_dict()
     tsv = work / "reports" / "train_live" / "plots" / "metrics" / "train" / "tokens_per_second.tsv"
     rates = [float(line.split("\t")[1]) for line in tsv.read_text().splitlines()[1:]][warmup:]
@@ -171,24 +184,20 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
     import torch.nn.functional as F
     from accelerate import Accelerator
 
-    from pipeline.stages import train
     from pipeline.cost.budget import BudgetGuard
-    from pipeline.engine.plan import setup_for
-    from pipeline.registry import by_name, paths_for
     from pipeline.data.tokens import load
-    from pipeline.engine.trainlog import Meter, TrainLog
+    from pipeline.engine.plan import setup_for
+    from pipeline.engine.trainer import Trainer
+    from pipeline.registry import by_name, paths_for
 
     paths = paths_for(by_name("train"), params)
     manifest = load(paths["tokens"], data / "tokenizer")
     accelerator = Accelerator(cpu=True)
-    setup = setup_for(params, params.paths.reports / "no-plan.json", "cpu", 1, manifest.vocab_size)
-    tokenizer = train._load_tokenizer(data / "tokenizer", params)
+    setup = setup_for(params, write_plan(params), "cpu", 1)
     outputs = {k: paths[k] for k in ("model", "train_live", "checkpoints", "train_report")}
-    stage = train.Trainer(params, setup, accelerator, manifest, paths["tokens"], tokenizer, outputs,
-                          BudgetGuard(None, 0))
-    stage.meter = Meter(params, setup, manifest.vocab_size, accelerator.device)
-    stage.log = TrainLog(params.paths.reports / "train_live", True, params.train, 0)
-    model, optimizer = stage.raw, stage.optimizer
+    # no tokenizer: it is only saved with the final model, and these steps never finish a run
+    stage = Trainer(params, setup, accelerator, manifest, paths["tokens"], None, outputs, BudgetGuard(None, 0))
+    model, optimizer = stage.training.raw, stage.training.optimizer
     x, y = stage.windows.batch(0, 0, 0, 1, setup.micro_batch_size)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[setup.precision]
 
@@ -202,12 +211,12 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
         loss.item()
 
     stage_times, bare_times = [], []
-    for _ in range(warmup + steps):
-        for step, times in ((stage._train_step, stage_times), (bare, bare_times)):
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
-    stage.log.close()
+    with stage.session():
+        for _ in range(warmup + steps):
+            for step, times in ((stage.train_step, stage_times), (bare, bare_times)):
+                t = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t)
     return {"stage": stage_times[warmup:], "bare": bare_times[warmup:],
             "ratio_of_medians": statistics.median(bare_times[warmup:]) / statistics.median(stage_times[warmup:]),
             "median_of_pair_ratios": statistics.median(b / a for a, b in zip(stage_times[warmup:], bare_times[warmup:]))}

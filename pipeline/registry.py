@@ -126,7 +126,7 @@ PLAN = Artifact("plan", "{reports}/plan.json", role="report", by_content=True)  
 COST = Artifact("cost", "{reports}/cost.json", role="report")           # pipeline/stages/estimate.py: CostReport
 COST_MD = Artifact("cost_md", "{reports}/cost.md", role="report", kept_on_failure=True)
 MODEL = Artifact("model", "{model}", directory=True, files=_MODEL_FILES)   # save_pretrained
-CHECKPOINTS = Artifact("checkpoints", "{checkpoints}", directory=True, role="persistent")  # pipeline/engine/checkpoint.py
+CHECKPOINTS = Artifact("checkpoints", "{checkpoints}", directory=True, role="persistent")  # pipeline/engine/checkpoint/
 TRAIN_LIVE = Artifact("train_live", "{reports}/train_live", directory=True, role="report")  # DVCLive
 # by content too: whether train reruns is known only once estimate has run (a price edit reruns
 # estimate, not train), and evaluate must wait for that answer

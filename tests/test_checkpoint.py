@@ -94,5 +94,5 @@ def test_a_failed_save_leaves_no_checkpoint_and_leftovers_are_removed(tmp_path):
         ckpt.save(tmp_path, 7, model, {"optimizer": {"unpicklable": lambda: 0}}, {"step": 7}, {})
     assert ckpt.steps(tmp_path) == [] and list(tmp_path.iterdir()) == []
     (tmp_path / ".step-000007.tmp-99999").mkdir()  # what a SIGKILL mid-save leaves behind
-    ckpt.remove_staging_leftovers(tmp_path)
+    ckpt.clean_leftovers(tmp_path)
     assert list(tmp_path.iterdir()) == []

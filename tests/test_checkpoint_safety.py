@@ -18,6 +18,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipeline.engine import checkpoint as ckpt
 from pipeline.core.errors import PipelineError
+from pipeline.core.provenance import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def save(root, step, bits, val_loss=3.0):
 def rewrite_sums(path):
     """Make SHA256SUMS match the files again, as if the damage had been there before it was written."""
     files = sorted(f for f in path.iterdir() if f.name != ckpt.SUMS)
-    lines = [f"{ckpt.file_sha256(f)}  {f.name}\n" for f in files]
+    lines = [f"{file_sha256(f)}  {f.name}\n" for f in files]
     (path / ckpt.SUMS).write_text("".join(lines))
 
 
@@ -323,7 +324,7 @@ def test_save_on_a_really_full_disk(small_disk, bits, monkeypatch):
     assert_space_message(str(checked.value), root)
     assert_only_the_kept_checkpoint(root, kept)
 
-    monkeypatch.setattr(ckpt, "ensure_space", lambda *args: None)  # as if the space went between check and write
+    monkeypatch.setattr(ckpt.space, "ensure_space", lambda *args: None)  # as if the space went between check and write
     with pytest.raises(PipelineError) as failed:
         save(root, 2, bits)
     assert "the disk filled up" in str(failed.value)

@@ -191,14 +191,14 @@ def _stop_after(monkeypatch, at_step: int) -> None:
     """SIGTERM's own path (Trainer._interrupted: checkpoint, then stop) right after step `at_step`."""
     from pipeline.engine import trainer as train
 
-    real = train.Trainer._train_step
+    real = train.Trainer.train_step
 
     def train_step(self):
         real(self)
-        if self.step == at_step:
+        if self.progress.step == at_step:
             self.caught["signum"] = signal.SIGTERM
 
-    monkeypatch.setattr(train.Trainer, "_train_step", train_step)
+    monkeypatch.setattr(train.Trainer, "train_step", train_step)
 
 
 @pytest.mark.parametrize("architecture,optimizer,tied", [(a, o, not (a == "qwen3" and o == "muon")) for a, o in COMBOS])

@@ -18,6 +18,7 @@ from pipeline.cost import hardware
 from pipeline.cost import planner as planning
 from pipeline.engine import step
 from pipeline.engine import trainer as train
+from pipeline.engine import training
 from pipeline.data.batches import TrainWindows, stack_windows, val_starts
 from pipeline.core.errors import PipelineError
 from pipeline.model.build import count_parameters
@@ -186,12 +187,12 @@ def test_a_target_loss_stops_the_run(demo_tokens, tmp_path, key):
     assert result["loss"]["val"][-1]["loss"] <= target < result["loss"]["val"][-2]["loss"]
 
 
-# a spike is judged against the last train.SPIKE_WINDOW (20) losses, so it is planted after them
+# a spike is judged against the last stopping.SPIKE_WINDOW (20) losses, so it is planted after them
 @pytest.mark.parametrize("fault, first_bad_step, last_good, reason", [("nan", 8, 5, "nonfinite_loss"),
                                                                      ("spike", 23, 20, "loss_spike")])
 def test_a_diverging_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(demo_tokens, tmp_path, monkeypatch, fault,
                                                                             first_bad_step, last_good, reason):
-    build = train.build_model
+    build = training.build_model
 
     def faulty_build(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -207,7 +208,7 @@ def test_a_diverging_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(demo_
         model.transformer.ln_f.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train, "build_model", faulty_build)
+    monkeypatch.setattr(training, "build_model", faulty_build)
     params = tiny_params(demo_tokens, tmp_path, "train.max_steps=40", "train.max_nonfinite_steps=3",
                          "train.checkpoint_every=5", "train.eval_every=5")
     good = f"step-{last_good:06d}"

@@ -21,7 +21,6 @@ from pipeline.data.tokens import TokenManifest
 from pipeline.engine.identity import run_id
 from pipeline.engine.plan import Plan
 from pipeline.model import compute
-from pipeline.model.build import build_model
 
 WHAT_IF_SCALES = (1, 10)  # what 10x the tokens (1B instead of 100M) would cost
 
@@ -149,8 +148,9 @@ def catalog_mfu(device: Device, plan: Plan) -> tuple[float, str]:
 
 
 def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_id: int) -> tuple[float, str]:
-    """Time real optimizer steps of the configured model here with the train stage's own step;
-    MFU = model FLOPs per second / catalog peak (recompute, if planned, is in the timing).
+    """Time real optimizer steps of the configured model here, built and stepped as the train stage
+    builds and steps it (pipeline/engine/training.py); MFU = model FLOPs per second / catalog peak
+    (recompute, if planned, is in the timing).
 
     The model, precision and checkpointing are the plan's; so is the micro-batch on a GPU. On CPU
     the micro-batch is capped at CPU_CALIBRATION_TOKENS: a full GPT-2 micro-batch takes minutes
@@ -158,7 +158,7 @@ def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_
     """
     import torch
 
-    from pipeline.engine.step import TrainStep, optimizer_for
+    from pipeline.engine.training import build_training
 
     if device.kind == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"cost.calibrate: cost.hardware is {device.name} but this machine has no CUDA GPU; "
@@ -166,16 +166,11 @@ def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_
     where = device.kind
     micro = plan.micro_batch_size if where == "cuda" else \
         max(1, min(plan.micro_batch_size, CPU_CALIBRATION_TOKENS // params.model.context))
-    torch.manual_seed(params.train.seed)
-    model = build_model(params.model, vocab, eos_token_id).to(where)
-    if plan.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
     # the optimizer's values (lr, betas, decay) do not change its speed: estimate does not declare them
-    step = TrainStep(model, optimizer_for(model, params.train), precision=plan.precision, device=where,
-                     grad_clip=params.train.grad_clip)
+    training = build_training(params, vocab, eos_token_id, device=where, precision=plan.precision,
+                              activation_checkpointing=plan.activation_checkpointing)
     ids = torch.randint(0, vocab, (micro, params.model.context + 1), device=where)  # speed ignores content
-    x, y = ids[:, :-1], ids[:, 1:]
+    batch = (ids[:, :-1], ids[:, 1:])
 
     def timed(work) -> float:
         start = time.perf_counter()
@@ -184,12 +179,16 @@ def calibrate(params: Params, plan: Plan, device: Device, vocab: int, eos_token_
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    timed(lambda: step.micro(x, y, accum=1))  # warm-up: allocator, kernels, lazy init, optimizer state
-    timed(step.update)
+    def forward_backward(index: int) -> None:
+        training.forward_backward(index, lambda micro_index: batch, accum=1)
+
+    # warm-up: allocator, kernels, lazy init, optimizer state
+    timed(lambda: forward_backward(0))
+    timed(lambda: training.finish(apply=True))
     micro_seconds = update_seconds = 0.0
-    for _ in range(params.cost.calibrate_steps):
-        micro_seconds += timed(lambda: step.micro(x, y, accum=1))
-        update_seconds += timed(step.update)
+    for index in range(1, params.cost.calibrate_steps + 1):
+        micro_seconds += timed(lambda: forward_backward(index))
+        update_seconds += timed(lambda: training.finish(apply=True))
     # a planned step is its micro-batches and one update (Muon's Newton-Schulz is per step, not
     # per token): the CPU's capped micro-batch counts as many times as a step holds it
     micros_per_step = plan.micro_batch_size * plan.grad_accum_steps / micro

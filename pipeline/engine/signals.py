@@ -6,6 +6,17 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from pipeline.core.errors import PipelineError
+
+
+class TrainingInterrupted(PipelineError):
+    """SIGTERM/SIGINT: the step finished and a checkpoint was written; rerun to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 @contextmanager
 def signals_caught() -> Iterator[dict[str, int]]:
     """SIGTERM/SIGINT set a flag the loop checks after each step; a second one aborts at once."""

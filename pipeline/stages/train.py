@@ -44,16 +44,15 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
                "train_report": Path(train_report)}
     estimate = CostReport.read_if_present(cost)
     guard = BudgetGuard(estimate, tokens_to_train(params))
-    trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs, guard)
-    trainer.estimate = estimate.as_dict() if estimate else None
-    try:
-        with signals_caught() as caught:
-            trainer.caught = caught
+    with signals_caught() as caught:
+        trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs, guard,
+                          estimate=estimate.as_dict() if estimate else None, caught=caught)
+        try:
             return trainer.fit()
-    finally:
-        del trainer  # leave the GPU to the next stage
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        finally:
+            del trainer  # leave the GPU to the next stage
+            if device == "cuda":
+                torch.cuda.empty_cache()
 
 
 def _load_tokenizer(tokenizer_dir: Path, params: Params):

@@ -8,16 +8,16 @@ under paths.checkpoints against what the kept checkpoints will need, and whether
 describes this machine. Every problem is listed at once; the exit status is 2 when the run would
 fail here, 0 otherwise (warnings allowed).
 
-`run(params)` returns the Report; `cuda_devices()` and `EnergyCounter` are shared with the GPU
-check (pipeline/tools/gpucheck.py). Both know a GPU's catalog entry by the names the entry lists
-(gpu_names in pipeline/cost/hardware.yaml). Importing this module is cheap: torch and the catalog
+`run(params)` returns the Report; `cuda_devices()` is shared with the GPU check
+(pipeline/tools/gpucheck.py). Both know a GPU's catalog entry by the names the entry lists
+(gpu_names in pipeline/cost/hardware.yaml); the energy counter is the train stage's
+(pipeline/engine/meter.py: EnergyCounter). Importing this module is cheap: torch and the catalog
 are imported when a check runs.
 """
 from __future__ import annotations
 
 import argparse
 import platform
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +64,8 @@ def cuda_devices() -> list[CudaDevice]:
     """Every CUDA device torch sees, as facts; [] without one."""
     import torch
 
+    from pipeline.engine.meter import EnergyCounter
+
     if not torch.cuda.is_available():
         return []
     driver = nvml_driver_version()
@@ -71,7 +73,7 @@ def cuda_devices() -> list[CudaDevice]:
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         free, total = torch.cuda.mem_get_info(index)
-        counter = EnergyCounter(index, uuid=getattr(props, "uuid", None))
+        counter = EnergyCounter.of(index)
         found.append(CudaDevice(index=index, name=props.name, capability=(props.major, props.minor),
                                 total_bytes=total, free_bytes=free, cuda_version=torch.version.cuda,
                                 driver_version=driver, energy_counter=counter.reads, energy_note=counter.note,
@@ -90,45 +92,6 @@ def nvml_driver_version() -> str | None:
         return None
 
 
-class EnergyCounter:
-    """NVML's board energy counter (millijoules since the driver loaded; Volta and newer)."""
-
-    def __init__(self, index: int, uuid: Any = None):
-        self.handle, self.note = None, ""
-        try:
-            import pynvml
-        except ImportError:
-            self.note = "pynvml is not installed (pip install nvidia-ml-py)"
-            return
-        try:
-            pynvml.nvmlInit()
-            self.handle = _nvml_handle(pynvml, index, uuid)
-            self._read = lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-            self._read()
-        except Exception as exc:  # no driver, or a GPU without the counter (older than Volta)
-            self.handle, self.note = None, f"NVML nvmlDeviceGetTotalEnergyConsumption failed: {exc}"
-
-    @property
-    def reads(self) -> bool:
-        return self.handle is not None
-
-    def millijoules(self) -> int | None:
-        if self.handle is None:
-            return None
-        try:
-            return int(self._read())
-        except Exception:
-            return None
-
-
-def _nvml_handle(pynvml: Any, index: int, uuid: Any) -> Any:
-    """NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES; torch's UUID names the same board."""
-    if uuid:
-        try:
-            return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-        except Exception:
-            pass
-    return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def arch_supported(gpu: CudaDevice) -> bool:

@@ -4,8 +4,8 @@
     make gpu-check DEVICE=cpu           # the same code, demo model only, on CPU (CI, well under a minute)
     python -m pipeline gpu-check [--params FILE ...] [--set KEY=VALUE ...] [--device cuda|cpu]
 
-It trains a few real steps (pipeline.model.build.build_model + pipeline.engine.step.TrainStep, the train stage's
-own step) on random token ids (speed and memory ignore content) of the configured model (params:
+It trains a few real steps (pipeline.engine.training: the train stage's own model, optimizer, LR
+schedule and step) on random token ids (speed and memory ignore content) of the configured model (params:
 a GPT-2-small-sized Qwen3 + Muon, context 1024) and of the demo model (params/demo.yaml), in fp16 + GradScaler, bf16
 where the device has it natively, and fp32, with activation checkpointing off and on, and records
 predicted against measured peak memory (compute.training_memory, as the planner uses it) and step
@@ -163,14 +163,15 @@ class Machine:
     prediction_source: str
     precisions: list[str]
     outside_allocator_bytes: int = 0
-    energy: Any = None              # doctor.EnergyCounter of the GPU, or None
+    energy: Any = None              # pipeline.engine.meter.EnergyCounter of the GPU, or None
 
 
 def _cuda_machine(params: Params) -> Machine:
     import torch
 
-    from pipeline.tools import doctor
     from pipeline.cost import hardware
+    from pipeline.engine.meter import EnergyCounter
+    from pipeline.tools import doctor
 
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
@@ -207,8 +208,7 @@ def _cuda_machine(params: Params) -> Machine:
                    peak_flops=dict(peaks), mfu=mfu, prediction_source=source,
                    precisions=["fp16"] + (["bf16"] if gpu.bf16_native else []) + ["fp32"],
                    outside_allocator_bytes=outside,
-                   energy=doctor.EnergyCounter(gpu.index, uuid=getattr(torch.cuda.get_device_properties(gpu.index),
-                                                                       "uuid", None)))
+                   energy=EnergyCounter.of(gpu.index))
 
 
 def _cpu_machine(params: Params) -> Machine:
@@ -250,41 +250,39 @@ def cuda_matmul_peak(precision: str, size: int = 8192, repeats: int = 10) -> flo
 
 # ---- the train stage's step on random tokens -----------------------------------------------------------
 
-class Trainer:
-    """build_model + optimizer_for + TrainStep, as the train stage sets them up."""
+@dataclass
+class RandomTokenSteps:
+    """Optimizer steps of the engine's Training (pipeline/engine/training.py: the train stage's
+    model, optimizer, LR schedule and step) on one batch of random token ids, timed and counted."""
+    training: Any
+    batch: tuple[Any, Any]
+    accum: int
+    steps: int = 0
+    skipped: int = 0            # fp16 overflow: GradScaler skipped the update
 
-    def __init__(self, params: Params, vocab: int, device: str, precision: str, checkpointing: bool, micro: int,
-                 accum: int):
+    @classmethod
+    def build(cls, params: Params, device: str, precision: str, checkpointing: bool, micro: int,
+              accum: int) -> RandomTokenSteps:
         import torch
 
-        from pipeline.model.build import build_model
-        from pipeline.engine.step import TrainStep, optimizer_for
+        from pipeline.engine.training import build_training
 
-        torch.manual_seed(params.train.seed)
-        self.model = build_model(params.model, vocab, eos_token_id=0).to(device)
-        if checkpointing:
-            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        self.model.train()
-        self.step = TrainStep(self.model, optimizer_for(self.model, params.train), precision=precision,
-                              device=device, grad_clip=params.train.grad_clip)
+        vocab = params.tokenizer.vocab_size
+        training = build_training(params, vocab, 0, device=device, precision=precision,
+                                  activation_checkpointing=checkpointing)
         ids = torch.randint(0, vocab, (micro, params.model.context + 1), device=device)  # content does not matter
-        self.x, self.y = ids[:, :-1], ids[:, 1:]
-        self.device, self.accum, self.skipped, self.steps = device, accum, 0, 0
+        return cls(training, (ids[:, :-1], ids[:, 1:]), accum)
 
-    def optimizer_step(self, after_micro: Callable[[], Any] | None = None) -> float:
+    def timed_step(self, after_micro: Callable[[], Any] | None = None) -> float:
         """One optimizer step of `accum` micro-batches; its wall seconds."""
         import torch
 
         start = time.perf_counter()
-        for _ in range(self.accum):
-            self.step.micro(self.x, self.y, accum=self.accum)
-            if after_micro:
-                after_micro()
-        update = self.step.update()
-        if self.device == "cuda":
+        done = self.training.step(self.steps, lambda micro: self.batch, self.accum, after_micro=after_micro)
+        if self.training.device.type == "cuda":
             torch.cuda.synchronize()
-        self.skipped += not update.applied
         self.steps += 1
+        self.skipped += done.update is None or not done.update.applied
         return time.perf_counter() - start
 
 
@@ -342,7 +340,7 @@ def _prime_cuda_libraries(params: Params, machine: Machine) -> None:
     """One throwaway step per precision: cuBLAS and friends allocate their workspaces once, through
     torch's allocator, and would otherwise count against whichever configuration runs first."""
     for precision in machine.precisions:
-        Trainer(params, params.tokenizer.vocab_size, "cuda", precision, False, 1, 1).optimizer_step()
+        RandomTokenSteps.build(params, "cuda", precision, False, 1, 1).timed_step()
     _free_device("cuda")
 
 
@@ -472,11 +470,11 @@ def _measure(config: Config, params: Params, machine: Machine) -> None:
 
     kind = machine.kind
     before = torch.cuda.memory_allocated() if kind == "cuda" else 0
-    trainer = Trainer(params, params.tokenizer.vocab_size, kind, config.precision, config.checkpointing,
-                      config.micro_batch, config.accum)
+    stepping = RandomTokenSteps.build(params, kind, config.precision, config.checkpointing, config.micro_batch,
+                                      config.accum)
     warmup, timed = (WARMUP_STEPS, TIMED_STEPS) if kind == "cuda" else (CPU_WARMUP_STEPS, CPU_TIMED_STEPS)
-    config.sdpa_kernel = sdpa_kernel(trainer.optimizer_step)  # the first warm-up step, observed
-    slowest = max([trainer.optimizer_step() for _ in range(warmup - 1)] or [0.0])
+    config.sdpa_kernel = sdpa_kernel(stepping.timed_step)  # the first warm-up step, observed
+    slowest = max([stepping.timed_step() for _ in range(warmup - 1)] or [0.0])
     timed = max(1, min(timed, int(TIMED_SECONDS / slowest))) if slowest else timed
     if kind == "cuda":
         torch.cuda.reset_peak_memory_stats()  # AdamW's states exist: the peak of a steady-state step
@@ -485,19 +483,19 @@ def _measure(config: Config, params: Params, machine: Machine) -> None:
     times: list[float] = []
     while len(times) < timed or (start_mj is not None and sum(times) < ENERGY_SECONDS
                                  and len(times) < MAX_TIMED_STEPS):
-        times.append(trainer.optimizer_step())
+        times.append(stepping.timed_step())
     end_mj = energy.millijoules() if energy else None
     if start_mj is not None and end_mj is not None:
         config.energy_j_per_step = (end_mj - start_mj) / 1000 / len(times)
-    config.measured = _cuda_memory(before, machine) if kind == "cuda" else _cpu_memory(trainer)
+    config.measured = _cuda_memory(before, machine) if kind == "cuda" else _cpu_memory(stepping)
     tensors = config.measured.get("tensor_peak_bytes")
     config.memory_ratio = tensors / config.predicted_tensor_bytes if tensors else None
     config.measured_step_s = statistics.median(times)
     rate = _tokens(config, params) / config.measured_step_s
     config.mfu = compute.mfu(rate, compute.flops_per_token(params.model, params.tokenizer.vocab_size),
                              machine.peak_flops[config.precision])
-    config.steps = trainer.steps
-    config.fp16_skipped_steps = trainer.skipped if config.precision == "fp16" else None
+    config.steps = stepping.steps
+    config.fp16_skipped_steps = stepping.skipped if config.precision == "fp16" else None
 
 
 def _cuda_memory(before: int, machine: Machine) -> dict[str, Any]:
@@ -511,7 +509,7 @@ def _cuda_memory(before: int, machine: Machine) -> dict[str, Any]:
             "device_peak_bytes": reserved + machine.outside_allocator_bytes}
 
 
-def _cpu_memory(trainer: Trainer) -> dict[str, Any]:
+def _cpu_memory(stepping: RandomTokenSteps) -> dict[str, Any]:
     """Peak bytes of live tensor storage over one more optimizer step, by torch's MemTracker: CPU
     has no allocator peak counter to reset, and process RSS also counts freed pages the allocator
     keeps and the Python heap, so it says little about one step."""
@@ -522,11 +520,11 @@ def _cpu_memory(trainer: Trainer) -> dict[str, Any]:
     except Exception as exc:  # torch built without distributed
         return {"how": f"not measured: torch.distributed._tools.mem_tracker is unavailable ({exc})"}
     tracker = MemTracker()
-    tracker.track_external(trainer.model, trainer.step.optimizer, trainer.x, trainer.y)
+    tracker.track_external(stepping.training.raw, stepping.training.optimizer, *stepping.batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with tracker:
-            trainer.optimizer_step(after_micro=tracker.reset_mod_stats)  # it tracks one module call at a time
+            stepping.timed_step(after_micro=tracker.reset_mod_stats)  # it tracks one module call at a time
     peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     return {"how": "peak live tensor bytes over one optimizer step by torch.distributed._tools.mem_tracker."
                    "MemTracker (tensor storage only: the process footprint, the runtime part of the prediction, "
@@ -589,23 +587,23 @@ def _run_capped(proof: PlanProof, plan: Any, params: Params, machine: Machine) -
         proof.note = "ran fp16 in place of bf16 (same bytes; this GPU has no native bf16)"
     _free_device("cuda")
     torch.cuda.set_per_process_memory_fraction(proof.cap_bytes / machine.facts["total_bytes"])
-    trainer = None
+    stepping = None
     try:
-        trainer = Trainer(params, params.tokenizer.vocab_size, "cuda", proof.precision_run,
-                          plan.activation_checkpointing, plan.micro_batch_size, plan.grad_accum_steps)
+        stepping = RandomTokenSteps.build(params, "cuda", proof.precision_run, plan.activation_checkpointing,
+                                          plan.micro_batch_size, plan.grad_accum_steps)
         for _ in range(PLAN_STEPS):
-            trainer.optimizer_step()
+            stepping.timed_step()
         proof.status = "fits"
     except torch.cuda.OutOfMemoryError as exc:
         proof.status, proof.note = "out of memory", "; ".join(filter(None, [proof.note, _first_line(exc)]))
     except Exception as exc:  # reported as a problem; the cap is lifted below either way
         proof.status, proof.note = "failed", f"{type(exc).__name__}: {_first_line(exc)}"
     finally:
-        proof.steps = trainer.steps if trainer else 0
-        proof.fp16_skipped_steps = trainer.skipped if trainer and proof.precision_run == "fp16" else None
+        proof.steps = stepping.steps if stepping else 0
+        proof.fp16_skipped_steps = stepping.skipped if stepping and proof.precision_run == "fp16" else None
         proof.tensor_peak_bytes = torch.cuda.max_memory_allocated()
         proof.reserved_peak_bytes = torch.cuda.max_memory_reserved()
-        trainer = None
+        stepping = None
         _free_device("cuda")
         torch.cuda.set_per_process_memory_fraction(1.0)
 
