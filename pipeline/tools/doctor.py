@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
