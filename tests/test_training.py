@@ -38,7 +38,7 @@ def weights(training):
     return torch.cat([p.detach().flatten() for p in training.raw.parameters()])
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")  # no update ran: meant
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")  # no update ran: meant
 def test_the_lr_decays_over_max_steps_or_the_steps_max_tokens_allows():
     assert lr_horizon(tiny().train) == 10
     assert lr_horizon(tiny("train.max_tokens=100").train) == 4  # ceil(100 / 32)
@@ -82,7 +82,7 @@ def test_dropout_draws_from_the_seed_step_and_rank_alone():
     assert loss(3) != loss(4) and loss(3) != loss(3, rank=1)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")  # no update ran: meant
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")  # no update ran: meant
 def test_a_non_finite_loss_drops_the_gradients_and_moves_nothing():
     training = build()
     training.raw.transformer.ln_f.register_forward_hook(lambda module, inputs, output: output * math.nan)
