@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.cost import calibration
+from pipeline.cost.budget import tokens_to_train
 from pipeline.cost.hardware import Device
 from pipeline.cost.planner import Fit, plan_for
 from pipeline.data.tokens import TokenManifest
@@ -34,13 +35,6 @@ FORWARD_SHARE = 1 / 3
 
 
 CPU_CALIBRATION_TOKENS = 2048  # per timed micro-batch on CPU (see calibrate)
-
-
-def tokens_to_train(params: Params) -> int:
-    """max_steps x tokens_per_step, capped by max_tokens (the train stage stops at whichever comes first)."""
-    train = params.train
-    tokens = train.max_steps * train.tokens_per_step
-    return min(tokens, train.max_tokens) if train.max_tokens else tokens
 
 
 class Work:
