@@ -167,7 +167,9 @@ def logs(stage):
     return {"job": f"logs/{stage.name}.log", **kept}
 
 
-STAGE_THREADS = min(workflow.cores, os.cpu_count() or 1)
+# Every core of the machine, which Snakemake caps at --cores where one is given (a local run) and
+# at the cores a cluster job was allocated inside it; a cluster executor has no --cores to read.
+STAGE_THREADS = os.cpu_count() or 1
 COMMAND = "python -m pipeline {params.stage} --params params.yaml --params {input.values} 2>&1 | tee {log.job}"
 
 
