@@ -25,14 +25,25 @@ triggers do the rest (README: "Only what changed reruns"):
   which reruns estimate, would rerun evaluate for a train job that never ran);
 - the estimate report (reports/cost.md) is declared as a log: Snakemake deletes a failed job's
   outputs but never its logs, so the budget gate's refusal stays readable.
+
+Interrupts keep the step (README: "Ctrl-C, and how to resume"). A job's command is `exec python -m
+pipeline ... --log logs/STAGE.log`: no `| tee` that the same Ctrl-C kills (the stage writes its
+own log), and the job's process is the stage itself. Each job starts in its own session, so a
+Ctrl-C on the terminal reaches Snakemake alone, and Snakemake (onstart, below) sends every SIGINT
+and SIGTERM it gets to its running jobs once: train finishes the step, checkpoints and exits
+130/143; the next `snakemake` resumes from that checkpoint. Left alone, Snakemake 9 lets a job run
+to its end on SIGINT or SIGTERM and then marks the finished outputs incomplete.
 """
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
+import psutil
 import yaml
+from snakemake.shell import shell
 from snakemake.utils import update_config
 
 sys.path.insert(0, workflow.basedir)
@@ -170,7 +181,43 @@ def logs(stage):
 # Every core of the machine, which Snakemake caps at --cores where one is given (a local run) and
 # at the cores a cluster job was allocated inside it; a cluster executor has no --cores to read.
 STAGE_THREADS = os.cpu_count() or 1
-COMMAND = "python -m pipeline {params.stage} --params params.yaml --params {input.values} 2>&1 | tee {log.job}"
+COMMAND = "exec python -m pipeline {params.stage} --params params.yaml --params {input.values} --log {log.job}"
+
+
+def gpus(stage):
+    """The GPUs a job holds: train runs as cost.num_devices processes (pipeline/core/launch.py)."""
+    return PARAMS.cost.num_devices if stage.distributed else int(stage.gpu)
+
+
+# Snakemake starts a job's shell with subprocess.Popen(**shell._process_args) (snakemake/shell.py,
+# pinned in requirements.lock): a session of its own keeps the terminal's Ctrl-C from reaching it
+# directly, so the job gets each signal once, from forward_signals.
+shell._process_args["start_new_session"] = True
+
+
+def forward_signals():
+    """SIGINT and SIGTERM to Snakemake reach its running jobs (its child processes), then do what
+    they did before: SIGINT cancels the run, SIGTERM lets the running jobs end."""
+
+    def forwarding(previous):
+        def handler(signum, frame):
+            for job in psutil.Process().children():
+                try:
+                    job.send_signal(signum)
+                except psutil.Error:  # ended meanwhile
+                    pass
+            if callable(previous):
+                previous(signum, frame)
+
+        return handler
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forwarding(signal.getsignal(signum)))
+
+
+onstart:
+    # after the scheduler set its SIGTERM handler, which forwarding keeps
+    forward_signals()
 
 
 rule all:
@@ -217,7 +264,7 @@ for stage in STAGES:
             threads:
                 STAGE_THREADS
             resources:
-                gpu=int(stage.gpu),
+                gpu=gpus(stage),
             shell:
                 COMMAND
 
@@ -239,6 +286,6 @@ for stage in STAGES:
             threads:
                 STAGE_THREADS
             resources:
-                gpu=int(stage.gpu),
+                gpu=gpus(stage),
             shell:
                 COMMAND

@@ -1,7 +1,10 @@
-"""The command line: python -m pipeline STAGE [--params FILE ...] [--set dotted.key=value ...]
+"""The command line: python -m pipeline STAGE [--params FILE ...] [--set dotted.key=value ...] [--log FILE]
 
 Later --params files and --set override earlier ones. A known error prints one message on stderr
-and exits non-zero (2 for bad input, 3 when the budget gate refuses the run), with no traceback.
+and exits non-zero (2 for bad input or a path it cannot write, 3 when the budget gate refuses the
+run), with no traceback; an interrupted train exits 130 (SIGINT) or 143 (SIGTERM) after its
+checkpoint. `--log FILE` copies the output into FILE from inside the process (pipeline/core/console.py).
+A stage the registry marks distributed runs as cost.num_devices processes (pipeline/core/launch.py).
 """
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
-from pipeline.core.errors import PipelineError
+from pipeline.core import console
+from pipeline.core.errors import PipelineError, unwritable
+from pipeline.core.launch import inside_launch, run_as_processes
 
 TOOLS = {
     "demo-corpus": ("pipeline.tools.demo_corpus", "write the bundled multilingual demo corpus"),
@@ -34,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
         if name in TOOLS:
             importlib.import_module(module).add_arguments(cmd)
+        else:  # a driver's log file, written without a pipe that could die before the stage does
+            cmd.add_argument("--log", type=Path, metavar="FILE", help="also write the output to FILE")
     return parser
 
 
@@ -46,20 +54,43 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 def main(argv: list[str] | None = None) -> int:
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    saved = sys.stdout, sys.stderr
+    try:
+        # a worker of a launch appends to the log its launcher emptied
+        console.install(getattr(args, "log", None), append=inside_launch())
+        return _run(args, argv)
+    except PipelineError as exc:  # the log file itself
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    params = None
     try:
         from pipeline.core import params as params_module
 
         params = params_module.load(args.params, args.overrides)
         if args.command in TOOLS:
             return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
-        from pipeline.registry import run_stage  # the stage's module is imported only now
+        from pipeline.registry import by_name, run_stage  # the stage's module is imported only now
 
+        if by_name(args.command).distributed and params.cost.num_devices > 1 and not inside_launch():
+            return run_as_processes(params.cost.num_devices, argv)
         run_stage(args.command, params)
         return 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        error = unwritable(exc, params.section("paths") if params else {})
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

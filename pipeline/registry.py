@@ -146,6 +146,9 @@ class Stage:
     params: tuple[str, ...]        # params keys or whole sections it reads
     outputs: tuple[Artifact, ...]
     gpu: bool = False              # holds the GPU: one such job at a time
+    # runs as cost.num_devices processes (pipeline/core/launch.py); the others run as one: estimate's
+    # calibration times one device and prices N (pipeline/cost/pricing.py), evaluate is one pass
+    distributed: bool = False
     module: str = ""               # its entry point; default pipeline.stages.NAME
 
     @property
@@ -222,6 +225,7 @@ STAGES: tuple[Stage, ...] = (
                 "model", "train"),
         outputs=(MODEL, TRAIN_LIVE, CHECKPOINTS, TRAIN_REPORT),
         gpu=True,
+        distributed=True,
     ),
     Stage(
         name="evaluate",

@@ -1,6 +1,7 @@
 """DDP on CPU (gloo): 2 processes x accumulation a == 1 process x accumulation 2a.
 
-torchrun, not `accelerate launch --cpu --num_processes 2`, which starts one process here.
+torchrun, not `accelerate launch --cpu --num_processes 2`, which starts one process here; typed by
+hand, or started by the stage command itself from cost.num_devices (pipeline/core/launch.py).
 """
 from __future__ import annotations
 
@@ -16,17 +17,37 @@ from trainkit import cli, final_weights, manifest, max_difference, report, run_c
 RUN = ("train.micro_batch_size=2", "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2")
 
 
-def test_two_processes_match_one_with_twice_the_accumulation(demo_tokens, tmp_path):
-    single = tmp_path / "single"
-    one = run_stage("train", tiny_params(demo_tokens, single, *RUN)).as_dict()
+@pytest.fixture(scope="module")
+def single(demo_tokens, tmp_path_factory):
+    """One process, accumulation 4: the run both launches are held to."""
+    base = tmp_path_factory.mktemp("single")
+    one = run_stage("train", tiny_params(demo_tokens, base, *RUN)).as_dict()
     assert (one["world"], one["grad_accum_steps"]) == (1, 4)
+    return base, one
 
+
+def test_two_processes_match_one_with_twice_the_accumulation(demo_tokens, single, tmp_path):
     ddp = tmp_path / "ddp"
     args = cli(demo_tokens, ddp, *RUN, "cost.num_devices=2")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "pipeline", *args[3:]]
     done = run_cli(torchrun)
     assert done.returncode == 0, done.stderr
+    _same_run(ddp, *single)
+
+
+def test_num_devices_makes_the_stage_command_start_that_many_processes(demo_tokens, single, tmp_path):
+    """The command both drivers run, unchanged: cost.num_devices: 2 alone makes it two processes,
+    whose output all reaches the one --log file."""
+    ddp, log = tmp_path / "ddp", tmp_path / "train.log"
+    done = run_cli(cli(demo_tokens, ddp, *RUN, "cost.num_devices=2") + ["--log", str(log)])
+    assert done.returncode == 0, done.stderr
+    _same_run(ddp, *single)
+    text = log.read_text()
+    assert "x 2 process(es)" in text and "stopped: max_steps" in text, text
+
+
+def _same_run(ddp, single, one) -> None:
     two = report(ddp)
     assert (two["world"], two["grad_accum_steps"], two["micro_batch_size"]) == (2, 2, 2)
 

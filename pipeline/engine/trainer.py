@@ -71,7 +71,9 @@ class Trainer:
         self.watch = DivergenceWatch(cfg, vocab)
         self.progress = Progress()
         self.log: TrainLog | None = None  # opened by `session`, under the lock
-        self.time_up = self.over_budget = False  # as every process agreed after the last step
+        # as every process agreed after the last step: each stops on the same step, even when a
+        # signal reaches one process after the others have shared theirs
+        self.time_up = self.over_budget = self.signalled = False
 
     # ---- the loop
     def fit(self) -> TrainReport:
@@ -79,7 +81,7 @@ class Trainer:
         with self.session():
             while not (reason := self._stop_reason()):
                 self.train_step()
-                if self.caught:
+                if self.signalled:
                     self._interrupted()
                 improved = self.progress.step % self.cfg.eval_every == 0 and self._validate()
                 # an improving validation is checkpointed too, so the best weights can always be
@@ -138,7 +140,7 @@ class Trainer:
         over_budget = float(self._budget_says_stop())
         flags = [loss] + [torch.tensor(f, device=self.acc.device) for f in (signalled, over_time, over_budget)]
         loss_sum, signalled, over_time, over_budget = self.acc.reduce(torch.stack(flags), "sum").tolist()
-        self.time_up, self.over_budget = over_time > 0, over_budget > 0
+        self.time_up, self.over_budget, self.signalled = over_time > 0, over_budget > 0, signalled > 0
         if signalled and not self.caught:
             self.caught["signum"] = signal.SIGTERM  # another rank was signalled
         return loss_sum / self.world
@@ -203,6 +205,8 @@ class Trainer:
 
     def _interrupted(self) -> None:
         signum = int(self.caught["signum"])
+        if self.acc.is_main_process:
+            print(f"{signal.Signals(signum).name}: step {self.progress.step} done, checkpointing", flush=True)
         self._checkpoint()
         if self.acc.is_main_process:
             self._learn()
