@@ -29,19 +29,20 @@ def inside_launch() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def torchrun_args(processes: int) -> list[str]:
-    """torchrun's arguments for `python -m pipeline` as `processes` workers on this machine."""
-    return ["--standalone", "--nproc_per_node", str(processes), "--shutdown-timeout", str(SHUTDOWN_SECONDS),
-            "-m", "pipeline"]
+def torchrun_args(processes: int, rendezvous: list[str] | None = None) -> list[str]:
+    """torchrun's arguments for `python -m pipeline` as `processes` workers on this machine, alone
+    or (`rendezvous`: torchrun's --nnodes/--rdzv-* arguments) with other machines."""
+    return [*(rendezvous or ["--standalone"]), "--nproc_per_node", str(processes),
+            "--shutdown-timeout", str(SHUTDOWN_SECONDS), "-m", "pipeline"]
 
 
-def run_as_processes(processes: int, argv: list[str]) -> int:
+def run_as_processes(processes: int, argv: list[str], rendezvous: list[str] | None = None) -> int:
     """`python -m pipeline ARGV` as `processes` workers; the exit code a single process would have."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    args = parse_args(torchrun_args(processes))
+    args = parse_args(torchrun_args(processes, rendezvous))
     # the stage's arguments as given: parsed among torchrun's own, `--log` would be taken for its --log-dir
     args.training_script_args = list(argv)
     try:
