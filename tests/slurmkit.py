@@ -143,6 +143,8 @@ class LocalSlurm:
         return dict(line.split() for line in out.splitlines() if line.strip())
 
     def _link_default_conf(self) -> None:
+        if DEFAULT_CONF.is_symlink() and not DEFAULT_CONF.exists():   # left by a cluster that was killed
+            DEFAULT_CONF.unlink()
         try:
             DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
             DEFAULT_CONF.symlink_to(self.conf)

@@ -1,11 +1,11 @@
-"""`snakemake --profile profiles/slurm` on a real SLURM: munged, slurmctld and slurmd from Debian's
-packages on localhost (tests/slurmkit.py), each stage a batch job through the executor plugin in
-the lock, the outputs the same as the local driver's. `.ci/run` installs the packages; without them
-this module skips.
+"""`snakemake --profile profiles/slurm` on a real SLURM: munged, slurmctld and two slurmd "nodes" on
+localhost from Debian's packages (tests/slurmkit.py), each stage a batch job through the executor
+plugin in the lock. `.ci/run` installs the packages; without them this module skips.
 
 The user's profile is used as it is; a second `--profile`, derived from it, replaces only what a
 CPU-only cluster cannot give (its partition, GPUs, CPU and memory sizes, the CUDA device) and
-makes the executor poll `squeue` (no accounting database here) from the first second.
+makes the executor poll `squeue` (no accounting database here) from the first second. The project
+trains as 2 processes (cost.num_devices: 2, gloo): on one node, then over both nodes.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import filecmp
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 STAGES = ["tokenize", "estimate", "train", "evaluate"]
 PARTITION = "ci"
+NODES = ("n1", "n2")
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +39,7 @@ def slurm(tmp_path_factory):
     missing = missing_commands()
     if missing:
         pytest.skip(f"no SLURM here ({', '.join(missing)} missing): `.ci/run` installs slurm-wlm and munge as root")
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), nodes=("n1",), partition=PARTITION)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), nodes=NODES, partition=PARTITION)
     try:
         cluster.start()
     except ConfigTaken as exc:
@@ -55,14 +57,17 @@ def _env(slurm: LocalSlurm) -> dict[str, str]:
     return env
 
 
-def ci_profile(dest: Path) -> Path:
-    """profiles/slurm with what a CPU-only one-node cluster needs instead: a second profile, whose
-    top-level keys replace the user's (Snakemake: later `--profile`s override earlier ones)."""
+def ci_profile(dest: Path, **train: object) -> Path:
+    """profiles/slurm with what a CPU-only cluster needs instead (and `train` resources on top): a
+    second profile, whose top-level keys replace the user's (later `--profile`s override earlier)."""
     user = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    cpus = os.cpu_count() or 1
-    defaults = {**user["default-resources"], "slurm_partition": PARTITION, "cpus_per_task": cpus, "mem_mb": 2000}
-    per_rule = {rule: {key: value for key, value in resources.items() if not key.startswith("gpu")} | {"gpu": 0}
-                for rule, resources in user["set-resources"].items()}
+    defaults = {**user["default-resources"], "slurm_partition": PARTITION, "cpus_per_task": os.cpu_count() or 1,
+                "mem_mb": 2000}
+    per_rule = {rule: {key: value for key, value in resources.items() if not key.startswith("gpu")}
+                for rule, resources in user.get("set-resources", {}).items()}
+    for rule in ("train", "evaluate"):   # the Snakefile asks for GPUs; this cluster has none
+        per_rule.setdefault(rule, {}).update(gpu=0)
+    per_rule["train"].update(train)
     config = yaml.safe_load((ROOT / "profiles" / "cpu" / "config.yaml").read_text())["config"]
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "config.yaml").write_text(yaml.safe_dump({
@@ -74,9 +79,10 @@ def ci_profile(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A throwaway clone whose params.yaml is the demo overlay plus tiny sizes."""
+    """A throwaway clone whose params.yaml is the demo overlay plus tiny sizes, on 2 devices."""
     work = tmp_path_factory.mktemp("slurm-e2e") / "repo"
     merged = params_module.merge_files([ROOT / "params.yaml", ROOT / "params" / "demo.yaml", TINY])
+    merged["cost"]["num_devices"] = 2
     copy_checkout(work)
     (work / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
     subprocess.run([sys.executable, "-m", "pipeline", "demo-corpus", "--size-mb", "0.4"], cwd=work, check=True,
@@ -84,49 +90,124 @@ def project(tmp_path_factory) -> Path:
     return work
 
 
-def _snakemake(work: Path, slurm: LocalSlurm, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(work: Path, slurm: LocalSlurm, *args: object, check: bool = True) -> str:
     args = tuple(map(str, args))
     result = subprocess.run([BIN / "snakemake", *args], cwd=work, env=_env(slurm), capture_output=True, text=True)
+    output = result.stdout + result.stderr
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}\n{slurm.controller_log()[-3000:]}")
-    return result
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{output}\n"
+                             f"{slurm.controller_log()[-3000:]}")
+    return output
 
 
-def _slurm_jobs(output: str) -> dict[str, str]:
+def submitted(output: str) -> dict[str, str]:
     """rule -> SLURM job id, from the executor's 'Job N has been submitted with SLURM jobid M'."""
-    rules = dict(re.findall(r"^\[.*?\]\n?(?:local)?(?:rule|checkpoint) (\w+):\n(?:.*\n)*?\s+jobid: (\d+)", output, re.M))
-    submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output))
-    return {rule: submitted[job] for rule, job in rules.items() if job in submitted}
+    rules = dict((job, rule) for rule, job in re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    jobid: (\d+)",
+                                                          output, re.M))
+    return {rules[job]: slurm_job for job, slurm_job in
+            re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output)}
 
 
-def _states(slurm: LocalSlurm) -> dict[str, str]:
+def job_states(slurm: LocalSlurm) -> dict[str, str]:
     out = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"], env=slurm.env,
                          capture_output=True, text=True, check=True).stdout
     return dict(line.split("|") for line in out.split())
 
 
-def test_every_stage_is_a_batch_job_with_the_local_outputs(slurm, project, tmp_path):
-    local = tmp_path / "local"
-    on_slurm = tmp_path / "slurm"
+def same_training(one: Path, other: Path) -> None:
+    """The same weights and the same loss curve, byte for byte."""
+    assert filecmp.cmp(one / "models/final/model.safetensors", other / "models/final/model.safetensors", shallow=False)
+    report = lambda work: json.loads((work / "reports/train.json").read_text())
+    assert report(one)["loss"] == report(other)["loss"]
+    assert report(one)["world"] == report(other)["world"] == 2
+
+
+@pytest.fixture(scope="module")
+def runs(slurm, project, tmp_path_factory):
+    """The pipeline under the local driver and on SLURM, from the same clone."""
+    base = tmp_path_factory.mktemp("slurm-runs")
+    local, on_slurm = base / "local", base / "slurm"
     for dest in (local, on_slurm):
-        subprocess.run(["cp", "-a", project, dest], check=True)
-    profile = ci_profile(tmp_path / "ci-profile")
+        shutil.copytree(project, dest, symlinks=True)
+    snakemake(local, slurm, "--profile", "profiles/cpu", "--cores", "2")
+    started = time.monotonic()
+    output = snakemake(on_slurm, slurm, "--profile", "profiles/slurm", "--profile", ci_profile(base / "ci"))
+    print(f"snakemake --profile profiles/slurm: {time.monotonic() - started:.0f} s")
+    return local, on_slurm, output
 
-    _snakemake(local, slurm, "--profile", "profiles/cpu", "--cores", "2")
-    result = _snakemake(on_slurm, slurm, "--profile", "profiles/slurm", "--profile", profile)
-    output = result.stdout + result.stderr
-    jobs = _slurm_jobs(output)
+
+def test_every_stage_is_a_batch_job_with_the_local_outputs(slurm, runs):
+    local, on_slurm, output = runs
+    jobs = submitted(output)
     assert sorted(jobs) == sorted(STAGES), output
-    states = _states(slurm)
+    states = job_states(slurm)
     assert all(states.get(job) == "COMPLETED" for job in jobs.values()), (jobs, states)
-    # the controller ran them as batch jobs, each to exit 0
-    log = slurm.controller_log()
+    log = slurm.controller_log()   # each one a batch job that ran to exit 0
     for job in jobs.values():
-        assert re.search(rf"_job_complete: JobId={job} done", log), log[-3000:]
-
-    for path in ("data/tokens/train.bin", "data/tokens/val.bin", "data/tokenizer/tokenizer.json",
-                 "models/final/model.safetensors"):
+        assert re.search(rf"_job_complete: JobId={job} WEXITSTATUS 0", log), log[-3000:]
+    for path in ("data/tokens/train.bin", "data/tokens/val.bin", "data/tokenizer/tokenizer.json"):
         assert filecmp.cmp(local / path, on_slurm / path, shallow=False), path
-    curve = lambda work: json.loads((work / "reports/train.json").read_text())["loss"]
-    assert curve(on_slurm) == curve(local)
+    same_training(local, on_slurm)
+    assert "2 process(es)" in (on_slurm / "logs/train.log").read_text()
+
+
+def test_train_over_two_nodes_meets_at_a_rendezvous_on_the_first(slurm, runs, tmp_path):
+    """`nodes: 2` for train: one torchrun per node, c10d rendezvous, the same run as on one node."""
+    _, on_slurm, _ = runs
+    work = tmp_path / "two-nodes"
+    shutil.copytree(on_slurm, work, symlinks=True)
+    profile = ci_profile(tmp_path / "ci", nodes=2, tasks=2)
+    output = snakemake(work, slurm, "--profile", "profiles/slurm", "--profile", profile,
+                       "--forcerun", "train", "--until", "train")
+    job = submitted(output)["train"]
+    launched = {node: re.findall(rf"launch task StepId={job}\.(\d+)", (slurm.root / f"slurmd-{node}.log").read_text())
+                for node in NODES}
+    # step 0: the job-step plugin's one task; step 1: one torchrun on each node
+    assert launched == {"n1": ["0", "1"], "n2": ["1"]}, launched
+    log = (work / "logs/train.log").read_text()
+    assert re.search(r"train on 2 nodes: srun --overlap --nodes=2 .* -m pipeline\.core\.multinode 2 1 \S+:\d+ "
+                     rf"{job} train ", log), log
+    same_training(on_slurm, work)
+
+
+def _steps_done(log: Path, of: int) -> int:
+    done = re.findall(rf"(\d+)/{of} \[", log.read_text(errors="replace")) if log.exists() else []
+    return max(map(int, done), default=0)
+
+
+def test_scancel_checkpoints_train_and_the_next_run_resumes(slurm, runs, tmp_path):
+    """scancel: SIGTERM to each step of the job (the stage, its launcher and workers alike), which
+    finish the step, checkpoint and exit 143 well within KillWait; the next run resumes."""
+    _, on_slurm, _ = runs
+    work = tmp_path / "cancelled"
+    shutil.copytree(on_slurm, work, symlinks=True)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    steps = 24
+    params["train"].update(max_steps=steps, checkpoint_every=1000, eval_every=1000)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    args = ["--profile", "profiles/slurm", "--profile", ci_profile(tmp_path / "ci"), "--until", "train"]
+    driver = subprocess.Popen([BIN / "snakemake", *args], cwd=work, env=_env(slurm), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _steps_done(work / "logs/train.log", steps) < 4 and time.monotonic() < deadline:
+            assert driver.poll() is None, driver.stdout.read()
+            time.sleep(0.5)
+        running = [job for job, state in job_states(slurm).items() if state == "RUNNING"]
+        assert len(running) == 1, job_states(slurm)
+        subprocess.run(["scancel", running[0]], env=slurm.env, check=True)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode != 0 and job_states(slurm)[running[0]] == "CANCELLED", output
+    log = (work / "logs/train.log").read_text()
+    stopped = re.search(r"SIGTERM: stopped after step (\d+) and saved (\S+);", log)
+    assert stopped, log[-3000:]
+    step, checkpoint = int(stopped.group(1)), stopped.group(2)
+    assert 4 <= step < steps and (work / checkpoint).is_dir(), log[-3000:]
+    slurm_log = (work / ".snakemake/slurm_logs/rule_train" / f"{running[0]}.log").read_text()
+    assert "returned non-zero exit status 143" in slurm_log, slurm_log[-3000:]   # the stage's own exit
+
+    snakemake(work, slurm, *args)
+    report = json.loads((work / "reports/train.json").read_text())
+    assert report["resumed_from"] == Path(checkpoint).name and report["steps"] == steps, report
