@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.core import console
 from pipeline.core.errors import PipelineError, unwritable
-from pipeline.core.launch import inside_launch, run_as_processes
+from pipeline.core.launch import inside_launch, run_as_processes, stop_with_driver
 
 TOOLS = {
     "demo-corpus": ("pipeline.tools.demo_corpus", "write the bundled multilingual demo corpus"),
@@ -78,6 +78,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
         from pipeline.registry import by_name, run_stage  # the stage's module is imported only now
 
+        stop_with_driver()
         if by_name(args.command).distributed and params.cost.num_devices > 1 and not inside_launch():
             return run_as_processes(params.cost.num_devices, argv)
         run_stage(args.command, params)
