@@ -51,7 +51,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
            "DVC_NO_ANALYTICS": "1", "DVCLIVE_OPEN": "false"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, restore_streams: bool = True) -> int:
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
-        sys.stdout, sys.stderr = saved
+        if restore_streams:
+            sys.stdout, sys.stderr = saved
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -79,6 +80,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from pipeline.registry import by_name, run_stage  # the stage's module is imported only now
 
         stop_with_driver()
+        # cost.num_devices is the plan's device count too, which train holds the run to
+        # (pipeline/engine/plan.py): a change reruns estimate, and its new plan reruns train
         if by_name(args.command).distributed and params.cost.num_devices > 1 and not inside_launch():
             return run_as_processes(params.cost.num_devices, argv)
         run_stage(args.command, params)
@@ -98,4 +101,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the streams stay wrapped: at exit Python flushes sys.stdout, and a failed flush of a dead
+    # original would turn the exit code into 120
+    sys.exit(main(restore_streams=False))
