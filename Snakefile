@@ -30,9 +30,10 @@ Interrupts keep the step (README: "Ctrl-C, and how to resume"). A job's command 
 pipeline ... --log logs/STAGE.log`: no `| tee` that the same Ctrl-C kills (the stage writes its
 own log), and the job's process is the stage itself. Each job starts in its own session, so a
 Ctrl-C on the terminal reaches Snakemake alone, and Snakemake (onstart, below) sends every SIGINT
-and SIGTERM it gets to its running jobs once: train finishes the step, checkpoints and exits
-130/143; the next `snakemake` resumes from that checkpoint. Left alone, Snakemake 9 lets a job run
-to its end on SIGINT or SIGTERM and then marks the finished outputs incomplete.
+and SIGTERM it gets to its running jobs once and exits when they have: train finishes the step,
+checkpoints and exits 130/143; the next `snakemake` resumes from that checkpoint. Left alone,
+Snakemake 9 lets a job run to its end on SIGINT or SIGTERM, and after SIGINT leaves its outputs
+marked incomplete.
 """
 import json
 import os
@@ -196,23 +197,22 @@ shell._process_args["start_new_session"] = True
 
 
 def forward_signals():
-    """SIGINT and SIGTERM to Snakemake reach its running jobs (its child processes), then do what
-    they did before: SIGINT cancels the run, SIGTERM lets the running jobs end."""
+    """SIGINT and SIGTERM to Snakemake reach its running jobs (its child processes); then Snakemake
+    exits as on SIGTERM, once they have ended: a job that failed is handled as any failed job (its
+    outputs removed, nothing left marked incomplete), which SIGINT's own cancel skips."""
+    graceful = signal.getsignal(signal.SIGTERM)  # the scheduler's: start no job, wait for the running ones
 
-    def forwarding(previous):
-        def handler(signum, frame):
-            for job in psutil.Process().children():
-                try:
-                    job.send_signal(signum)
-                except psutil.Error:  # ended meanwhile
-                    pass
-            if callable(previous):
-                previous(signum, frame)
-
-        return handler
+    def forwarding(signum, frame):
+        for job in psutil.Process().children():
+            try:
+                job.send_signal(signum)
+            except psutil.Error:  # ended meanwhile
+                pass
+        if callable(graceful):
+            graceful(signum, frame)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, forwarding(signal.getsignal(signum)))
+        signal.signal(signum, forwarding)
 
 
 onstart:

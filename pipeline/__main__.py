@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.core import console, multinode
 from pipeline.core.errors import PipelineError, unwritable
-from pipeline.core.launch import inside_launch, run_as_processes
+from pipeline.core.launch import inside_launch, run_as_processes, stop_with_driver
 
 TOOLS = {
     "demo-corpus": ("pipeline.tools.demo_corpus", "write the bundled multilingual demo corpus"),
@@ -52,7 +52,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
            "DVC_NO_ANALYTICS": "1", "DVCLIVE_OPEN": "false"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, restore_streams: bool = True) -> int:
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
-        sys.stdout, sys.stderr = saved
+        if restore_streams:
+            sys.stdout, sys.stderr = saved
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -79,6 +80,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
         from pipeline.registry import by_name, run_stage  # the stage's module is imported only now
 
+        stop_with_driver()
+        # cost.num_devices is the plan's device count too, which train holds the run to
+        # (pipeline/engine/plan.py): a change reruns estimate, and its new plan reruns train
         if by_name(args.command).distributed and not inside_launch():
             nodes = multinode.allocated_nodes()
             if nodes > 1:  # a SLURM job over several nodes
@@ -102,4 +106,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the streams stay wrapped: at exit Python flushes sys.stdout, and a failed flush of a dead
+    # original would turn the exit code into 120
+    sys.exit(main(restore_streams=False))

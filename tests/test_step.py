@@ -195,8 +195,9 @@ def _stop_after(monkeypatch, at_step: int) -> None:
 
     def train_step(self):
         real(self)
-        if self.progress.step == at_step:
+        if self.progress.step == at_step:  # as if every process had reported it in this step's all-reduce
             self.caught["signum"] = signal.SIGTERM
+            self.signalled = True
 
     monkeypatch.setattr(train.Trainer, "train_step", train_step)
 

@@ -18,6 +18,8 @@ budget).
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 # How long the launcher waits for signalled workers to checkpoint before it kills them: a
 # checkpoint of the largest model the catalog plans for takes seconds to a minute on local disk.
@@ -58,3 +60,18 @@ def worker_exit_code(code: int) -> int:
     """A worker's exit code as a shell reports it: killed by signal S (Popen's -S) is 128 + S."""
     return 128 + -code if code < 0 else code
 
+
+
+def stop_with_driver() -> None:
+    """Under `dvc repro` (which sets DVC_STAGE), a SIGTERM when DVC ends: a SIGTERM to dvc's PID
+    kills it at once (it handles no SIGTERM, dvc/stage/run.py) and would leave train running
+    unwatched; this way train checkpoints at the step and exits 143. The stage is dvc's child
+    (`$SHELL -c CMD` runs a single command in place). Linux only (prctl PR_SET_PDEATHSIG)."""
+    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1   # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() == 1:   # dvc ended before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
