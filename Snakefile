@@ -216,8 +216,12 @@ def forward_signals():
 
 
 onstart:
-    # after the scheduler set its SIGTERM handler, which forwarding keeps
-    forward_signals()
+    # after the scheduler set its SIGTERM handler, which forwarding keeps. A cluster executor's jobs
+    # are not children of this process, and waiting for them would ignore a Ctrl-C for as long as
+    # train runs: there Snakemake's own SIGINT handling cancels them (the SLURM plugin: scancel),
+    # and SLURM sends their processes SIGTERM (README: "A SLURM cluster").
+    if workflow.local_exec:
+        forward_signals()
 
 
 rule all:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -175,9 +176,42 @@ def _steps_done(log: Path, of: int) -> int:
     return max(map(int, done), default=0)
 
 
-def test_scancel_checkpoints_train_and_the_next_run_resumes(slurm, runs, tmp_path):
+def _interrupted(work: Path, slurm: LocalSlurm, args: list, steps: int, after: int, interrupt) -> tuple[int, str]:
+    """Run snakemake until train has done `after` steps, `interrupt(driver, job)`, and return the
+    step train stopped after and the checkpoint it saved, once the job was cancelled."""
+    driver = subprocess.Popen([BIN / "snakemake", *map(str, args)], cwd=work, env=_env(slurm), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                              # a Ctrl-C must not find SIGINT ignored, as a background job inherits it
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while _steps_done(work / "logs/train.log", steps) < after and time.monotonic() < deadline:
+            assert driver.poll() is None, driver.stdout.read()
+            time.sleep(0.5)
+        running = [job for job, state in job_states(slurm).items() if state == "RUNNING"]
+        assert len(running) == 1, job_states(slurm)
+        interrupt(driver, running[0])
+        output, _ = driver.communicate(timeout=150)
+    finally:
+        driver.kill()
+    assert driver.returncode != 0 and job_states(slurm)[running[0]] == "CANCELLED", output
+    # Snakemake may be gone before the job's processes are (a Ctrl-C cancels and exits)
+    slurm_log = work / ".snakemake/slurm_logs/rule_train" / f"{running[0]}.log"
+    exited = lambda: slurm_log.exists() and "returned non-zero exit status 143" in slurm_log.read_text()
+    deadline = time.monotonic() + 60
+    while not exited() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert exited(), slurm_log.read_text()[-3000:]   # the stage's own exit code
+    log = (work / "logs/train.log").read_text()
+    stopped = re.search(r"SIGTERM: stopped after step (\d+) and saved (\S+);", log)
+    assert stopped and (work / stopped.group(2)).is_dir(), log[-3000:]
+    return int(stopped.group(1)), stopped.group(2)
+
+
+def test_scancel_or_ctrl_c_checkpoint_train_and_the_next_run_resumes(slurm, runs, tmp_path):
     """scancel: SIGTERM to each step of the job (the stage, its launcher and workers alike), which
-    finish the step, checkpoint and exit 143 well within KillWait; the next run resumes."""
+    finish the step, checkpoint and exit 143 well within KillWait. Ctrl-C on the terminal: the
+    plugin cancels its jobs, the same way. Each next run resumes."""
     _, on_slurm, _ = runs
     work = tmp_path / "cancelled"
     shutil.copytree(on_slurm, work, symlinks=True)
@@ -186,27 +220,14 @@ def test_scancel_checkpoints_train_and_the_next_run_resumes(slurm, runs, tmp_pat
     params["train"].update(max_steps=steps, checkpoint_every=1000, eval_every=1000)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     args = ["--profile", "profiles/slurm", "--profile", ci_profile(tmp_path / "ci"), "--until", "train"]
-    driver = subprocess.Popen([BIN / "snakemake", *args], cwd=work, env=_env(slurm), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while _steps_done(work / "logs/train.log", steps) < 4 and time.monotonic() < deadline:
-            assert driver.poll() is None, driver.stdout.read()
-            time.sleep(0.5)
-        running = [job for job, state in job_states(slurm).items() if state == "RUNNING"]
-        assert len(running) == 1, job_states(slurm)
-        subprocess.run(["scancel", running[0]], env=slurm.env, check=True)
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        driver.kill()
-    assert driver.returncode != 0 and job_states(slurm)[running[0]] == "CANCELLED", output
-    log = (work / "logs/train.log").read_text()
-    stopped = re.search(r"SIGTERM: stopped after step (\d+) and saved (\S+);", log)
-    assert stopped, log[-3000:]
-    step, checkpoint = int(stopped.group(1)), stopped.group(2)
-    assert 4 <= step < steps and (work / checkpoint).is_dir(), log[-3000:]
-    slurm_log = (work / ".snakemake/slurm_logs/rule_train" / f"{running[0]}.log").read_text()
-    assert "returned non-zero exit status 143" in slurm_log, slurm_log[-3000:]   # the stage's own exit
+
+    scancel = lambda driver, job: subprocess.run(["scancel", job], env=slurm.env, check=True)
+    first, _ = _interrupted(work, slurm, args, steps, 4, scancel)
+    assert 4 <= first < steps
+    ctrl_c = lambda driver, job: os.killpg(driver.pid, signal.SIGINT)
+    second, checkpoint = _interrupted(work, slurm, args, steps, first + 3, ctrl_c)
+    assert first + 3 <= second < steps
+    assert re.search(rf"resuming from \S+ \(step {first}\)", (work / "logs/train.log").read_text())
 
     snakemake(work, slurm, *args)
     report = json.loads((work / "reports/train.json").read_text())
