@@ -171,23 +171,28 @@ def test_train_over_two_nodes_meets_at_a_rendezvous_on_the_first(slurm, runs, tm
     same_training(on_slurm, work)
 
 
-def _steps_done(log: Path, of: int) -> int:
-    done = re.findall(rf"(\d+)/{of} \[", log.read_text(errors="replace")) if log.exists() else []
-    return max(map(int, done), default=0)
+def _steps_done(work: Path) -> int:
+    """The last step train logged in this run (DVCLive writes each one as it goes; the progress
+    bar in logs/train.log is redrawn every 30 s only, off a terminal)."""
+    speeds = work / "reports/train_live/plots/metrics/train/tokens_per_second.tsv"
+    lines = speeds.read_text().split("\n")[1:] if speeds.exists() else []
+    return max((int(line.split("\t")[0]) for line in lines if line.strip()), default=0)
 
 
-def _interrupted(work: Path, slurm: LocalSlurm, args: list, steps: int, after: int, interrupt) -> tuple[int, str]:
+def _interrupted(work: Path, slurm: LocalSlurm, args: list, after: int, interrupt) -> tuple[int, str]:
     """Run snakemake until train has done `after` steps, `interrupt(driver, job)`, and return the
     step train stopped after and the checkpoint it saved, once the job was cancelled."""
+    shutil.rmtree(work / "reports/train_live", ignore_errors=True)   # a previous run's steps
     driver = subprocess.Popen([BIN / "snakemake", *map(str, args)], cwd=work, env=_env(slurm), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                               # a Ctrl-C must not find SIGINT ignored, as a background job inherits it
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
-        while _steps_done(work / "logs/train.log", steps) < after and time.monotonic() < deadline:
+        while _steps_done(work) < after and time.monotonic() < deadline:
             assert driver.poll() is None, driver.stdout.read()
             time.sleep(0.5)
+        assert _steps_done(work) >= after, "train did not get going"
         running = [job for job, state in job_states(slurm).items() if state == "RUNNING"]
         assert len(running) == 1, job_states(slurm)
         interrupt(driver, running[0])
@@ -222,10 +227,10 @@ def test_scancel_or_ctrl_c_checkpoint_train_and_the_next_run_resumes(slurm, runs
     args = ["--profile", "profiles/slurm", "--profile", ci_profile(tmp_path / "ci"), "--until", "train"]
 
     scancel = lambda driver, job: subprocess.run(["scancel", job], env=slurm.env, check=True)
-    first, _ = _interrupted(work, slurm, args, steps, 4, scancel)
+    first, _ = _interrupted(work, slurm, args, 4, scancel)
     assert 4 <= first < steps
     ctrl_c = lambda driver, job: os.killpg(driver.pid, signal.SIGINT)
-    second, checkpoint = _interrupted(work, slurm, args, steps, first + 3, ctrl_c)
+    second, checkpoint = _interrupted(work, slurm, args, first + 3, ctrl_c)
     assert first + 3 <= second < steps
     assert re.search(rf"resuming from \S+ \(step {first}\)", (work / "logs/train.log").read_text())
 
