@@ -190,16 +190,15 @@ def gpus(stage):
     return PARAMS.cost.num_devices if stage.distributed else int(stage.gpu)
 
 
-# Snakemake starts a job's shell with subprocess.Popen(**shell._process_args) (snakemake/shell.py,
-# pinned in requirements.lock): a session of its own keeps the terminal's Ctrl-C from reaching it
-# directly, so the job gets each signal once, from forward_signals.
-shell._process_args["start_new_session"] = True
-
-
 def forward_signals():
     """SIGINT and SIGTERM to Snakemake reach its running jobs (its child processes); then Snakemake
     exits as on SIGTERM, once they have ended: a job that failed is handled as any failed job (its
-    outputs removed, nothing left marked incomplete), which SIGINT's own cancel skips."""
+    outputs removed, nothing left marked incomplete), which SIGINT's own cancel skips.
+
+    Snakemake starts a job's shell with subprocess.Popen(**shell._process_args) (snakemake/shell.py,
+    pinned in requirements.lock): a session of its own keeps the terminal's Ctrl-C from reaching
+    the job directly, so it gets each signal once, from here."""
+    shell._process_args["start_new_session"] = True
     graceful = signal.getsignal(signal.SIGTERM)  # the scheduler's: start no job, wait for the running ones
 
     def forwarding(signum, frame):
@@ -216,10 +215,8 @@ def forward_signals():
 
 
 onstart:
-    # after the scheduler set its SIGTERM handler, which forwarding keeps. A cluster executor's jobs
-    # are not children of this process, and waiting for them would ignore a Ctrl-C for as long as
-    # train runs: there Snakemake's own SIGINT handling cancels them (the SLURM plugin: scancel),
-    # and SLURM sends their processes SIGTERM (README: "A SLURM cluster").
+    # after the scheduler set its SIGTERM handler, which forwarding keeps. Jobs on a cluster
+    # (--executor slurm) are no children of this process: SIGINT keeps cancelling them there.
     if workflow.local_exec:
         forward_signals()
 
