@@ -167,3 +167,19 @@ def test_a_reclaimed_vm_resumes_from_the_bucket_on_a_fresh_clone(origin, s3_serv
     assert fs.exists(f"{BUCKET}/{prefix}/results/train.json") or fs.exists(f"{BUCKET}/{prefix}/results/reports/train.json")
     print(f"\n{driver}: resumed from step {resumed} (killed after step {K} was uploaded); first VM {first_vm_seconds:.1f} s, "
           f"second VM {second_vm_seconds:.1f} s; hours {meta['train_hours']:.5f} + {report['this_run_hours']:.5f}")
+
+
+def test_run_sh_passes_the_stages_exit_status_through(origin, s3_server):
+    """A scheduler must tell a mistake (2) and the budget (3) from a reclaim: Snakemake itself exits 1."""
+    vm = origin.parent / "vm-exit"
+    _run(["git", "clone", "-q", origin, vm], origin.parent, _env(s3_server))
+    bad = _run(["bash", "cloud/run.sh"], vm, _env(s3_server, CHECKPOINTS_REMOTE="my-bucket/no-scheme"), check=False)
+    assert bad.returncode == 2 and "paths.checkpoints_remote" in bad.stderr and "s3://BUCKET/PREFIX" in bad.stderr
+    assert not (vm / "data/tokens").exists(), "bad input must stop it before anything is pulled"
+
+    text = (vm / "params.yaml").read_text()
+    (vm / "params.yaml").write_text(re.sub(r"budget_hours: .*", "budget_hours: 1.0e-09", text))
+    over = _run(["bash", "cloud/run.sh"], vm, _env(s3_server, CHECKPOINTS_REMOTE=f"s3://{BUCKET}/exit-codes"),
+                check=False)
+    assert over.returncode == 3, over.stdout[-2000:] + over.stderr[-2000:]
+    assert "over budget" in over.stdout + over.stderr
