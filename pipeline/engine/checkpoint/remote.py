@@ -78,6 +78,10 @@ class RemoteCheckpoints:
         """Finish the upload in flight, stop the uploader, give the lease back."""
         try:
             self.drain()
+            if self.uploads:   # what train.checkpoint_every is weighed against: an upload's time
+                last = self.uploads[-1]
+                print(f"uploaded {len(self.uploads)} checkpoint(s) to {self.url}; the last, step {last['step']}: "
+                      f"{last['bytes'] / 1e6:.1f} MB in {last['seconds']:.1f} s", file=sys.stderr)
         finally:
             with self._done:
                 self._stop = True
