@@ -222,6 +222,7 @@ STAGES: tuple[Stage, ...] = (
         # catalog, and both drivers read it by content, so a cost change retrains only when it
         # changes the plan; the budget comes in the cost report (READS_UNDECLARED)
         params=("paths.tokens", "paths.tokenizer", "paths.reports", "paths.model", "paths.checkpoints",
+                "paths.checkpoints_remote",
                 "model", "train"),
         outputs=(MODEL, TRAIN_LIVE, CHECKPOINTS, TRAIN_REPORT),
         gpu=True,

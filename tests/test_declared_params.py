@@ -73,7 +73,9 @@ def undeclared(read: set[str], declared: tuple[str, ...]) -> list[str]:
 # ---- the recorder itself --------------------------------------------------------------------------
 
 def tiny_params(root: Path, *overrides: str) -> Params:
-    paths = [f"paths.{name}={root / name}" for name in params_module.Paths.model_fields]
+    # every local path under root (paths.checkpoints_remote is a URL, null here)
+    paths = [f"paths.{name}={root / name}" for name, field in params_module.Paths.model_fields.items()
+             if field.annotation is Path]
     return params_module.load(TINY_RUN, paths + list(overrides))
 
 

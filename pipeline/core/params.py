@@ -69,6 +69,36 @@ class Paths(Section):
     reports: Path
     checkpoints: Path
     model: Path
+    # a copy of the checkpoints off the machine (pipeline/engine/checkpoint/remote.py): an fsspec URL
+    checkpoints_remote: str | None = None
+
+    @field_validator("checkpoints_remote")
+    @classmethod
+    def _reachable_url(cls, url: str | None) -> str | None:
+        if url is not None and (problem := remote_url_problem(url)):
+            raise ValueError(problem)
+        return url.rstrip("/") if url else url
+
+
+def remote_url_problem(url: str) -> str | None:
+    """Why fsspec cannot open `url` here (not a URL, an unknown protocol, its package missing), or
+    None. The package is found, not imported: params are read by every stage."""
+    import importlib.util
+
+    from fsspec.registry import known_implementations, registry
+
+    protocol, sep, rest = url.partition("://")
+    if not sep or not protocol or not rest.strip("/"):
+        return f"{url!r} is not a URL with a bucket or directory: s3://BUCKET/PREFIX, gs://..., az://..., file:///DIR"
+    if protocol in registry:
+        return None
+    known = known_implementations.get(protocol)
+    if known is None:
+        return f"unknown storage protocol {protocol!r}: use s3://, gs://, az://, file:// (any fsspec protocol)"
+    package = known["class"].split(".")[0]
+    if importlib.util.find_spec(package) is None:
+        return f"{protocol}:// needs the {package} package ({known.get('err') or 'not installed'}): pip install {package}"
+    return None
 
 
 class Data(Section):
@@ -164,6 +194,9 @@ class Train(Section):
     eval_batches: Int = Positive
     checkpoint_every: Int = Positive
     keep_last: Int = Positive
+    # paths.checkpoints_remote: how long a lease whose heartbeat stopped (a reclaimed VM) blocks the
+    # prefix before a recovered run takes it over (pipeline/engine/checkpoint/lease.py)
+    remote_lease_seconds: Float = Field(default=120.0, gt=0)
     patience: Int = Positive
     min_delta: Float = NonNegative
     target_val_loss: OptionalFloat = Field(default=None, gt=0)

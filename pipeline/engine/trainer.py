@@ -31,6 +31,7 @@ from pipeline.cost.budget import BudgetGuard
 from pipeline.data.batches import TrainWindows
 from pipeline.data.tokens import TRAIN_FILE, VAL_FILE, TokenManifest
 from pipeline.engine.checkpoint.manager import CheckpointManager
+from pipeline.engine.checkpoint.remote import RemoteCheckpoints
 from pipeline.engine.identity import identity, run_id
 from pipeline.engine.meter import Meter
 from pipeline.engine.plan import Setup
@@ -64,9 +65,11 @@ class Trainer:
         self.training = build_training(params, vocab, manifest.eot_token_id, device=accelerator.device,
                                        precision=setup.precision, activation_checkpointing=setup.activation_checkpointing,
                                        compile=setup.compile, prepare=accelerator.prepare)
+        remote = params.paths.checkpoints_remote
         self.checkpoints = CheckpointManager(outputs["checkpoints"], cfg.keep_last, accelerator,
                                              identity(params, manifest),
-                                             {"setup": asdict(setup), "params": {name: params.section(name) for name in ("model", "train")}})
+                                             {"setup": asdict(setup), "params": {name: params.section(name) for name in ("model", "train")}},
+                                             RemoteCheckpoints(remote, cfg.keep_last, cfg.remote_lease_seconds) if remote else None)
         self.meter = Meter(setup, flops_per_token(params.model, vocab), accelerator.device)
         self.watch = DivergenceWatch(cfg, vocab)
         self.progress = Progress()

@@ -5,6 +5,8 @@ The parts, each with its own tests:
   space      disk space: a save the disk cannot hold is refused first; a full disk is one error
   lifecycle  across saves and runs: newest valid, quarantine, prune + index, archive, leftovers
   lock       RunLock: one training run per checkpoints directory
+  remote     RemoteCheckpoints: the copy at paths.checkpoints_remote (background upload, verified download)
+  lease      RemoteLease: one live run per remote prefix (conditional create + heartbeat)
   manager    CheckpointManager: what the trainer calls (save, resume, another run moved aside,
              under DDP); imported from its module, as it needs accelerate and the rest does not
 

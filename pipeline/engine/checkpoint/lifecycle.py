@@ -112,9 +112,7 @@ def prune_and_index(root: Path, keep_last: int) -> dict[str, Any]:
     for step, path in complete_steps(root):
         meta = read_meta(path)
         entries.append({"step": step, "dir": path.name, "tokens": meta["tokens"], "val_loss": meta["val_loss"]})
-    scored = [e for e in entries if e["val_loss"] is not None]
-    best = min(scored, key=lambda e: (e["val_loss"], e["step"]))["dir"] if scored else None
-    keep = {e["dir"] for e in entries[-keep_last:]} | {best}
+    keep, best = kept_dirs(entries, keep_last)
     for entry in entries:
         if entry["dir"] not in keep:
             _delete(root / entry["dir"])
@@ -123,6 +121,15 @@ def prune_and_index(root: Path, keep_last: int) -> dict[str, Any]:
     with space.full_disk_is_an_error(root, space.SPACE_MARGIN_BYTES, MANIFEST, lambda: how_to_free(root)):
         write_json(root / MANIFEST, manifest)
     return manifest
+
+
+def kept_dirs(entries: list[dict[str, Any]], keep_last: int) -> tuple[set[str], str | None]:
+    """The rule, wherever checkpoints are kept (here, and a remote copy): of `entries` ({"step",
+    "dir", "val_loss"}, ascending by step), the newest `keep_last` and the best by val loss; also
+    the best's dir (None when none has a val loss)."""
+    scored = [e for e in entries if e["val_loss"] is not None]
+    best = min(scored, key=lambda e: (e["val_loss"], e["step"]))["dir"] if scored else None
+    return {e["dir"] for e in entries[-keep_last:]} | ({best} if best else set()), best
 
 
 def read_index(root: Path) -> dict[str, Any] | None:

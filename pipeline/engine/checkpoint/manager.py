@@ -4,7 +4,9 @@ to ship.
 Rank 0 alone takes the lock, writes, prunes and indexes, and decides what to resume from: it tidies
 what a killed run left, quarantines damaged checkpoints, and moves another run's checkpoints
 aside (a run's identity, pipeline/engine/identity.py, is in every meta.json); then every rank
-loads the same checkpoint.
+loads the same checkpoint. With a remote copy (remote.py, paths.checkpoints_remote) rank 0 also
+takes its lease, resumes from it when it holds a newer checkpoint than this disk, hands it every
+checkpoint written, and waits for the last upload before the run ends, however it ends.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.engine.checkpoint.lifecycle import (archive, best_entry, clean_leftovers, newest_valid, prune_and_index,
                                                   quarantined, read_index)
 from pipeline.engine.checkpoint.lock import RunLock
+from pipeline.engine.checkpoint.remote import RemoteCheckpoints
 from pipeline.engine.checkpoint.store import (PREVIOUS_RUNS, dirname, load_state, load_weights, read_history,
                                               read_meta, save, steps)
 from pipeline.engine.identity import differences
@@ -29,10 +32,12 @@ from pipeline.engine.training import Training
 
 class CheckpointManager:
     def __init__(self, root: Path, keep_last: int, accelerator: Accelerator, identity: dict[str, Any],
-                 run: dict[str, Any]):
-        """`identity`: what makes this run this run; `run`: what else every meta.json records of it."""
+                 run: dict[str, Any], remote: RemoteCheckpoints | None = None):
+        """`identity`: what makes this run this run; `run`: what else every meta.json records of it;
+        `remote`: the copy off this machine, used by rank 0 only."""
         self.root, self.keep_last, self.acc = Path(root), keep_last, accelerator
         self.identity, self.run = identity, run
+        self.remote = remote if accelerator.is_main_process else None
         self.quarantined: list[str] = []    # this directory's step-N.corrupt/ lines, for the report
         self.resumed_from: str | None = None
         self.last_saved_step = -1
@@ -44,6 +49,8 @@ class CheckpointManager:
         refused: list[str | None] = [None]
         try:
             lock.__enter__()
+            if self.remote:
+                self._open_remote(lock)
         except PipelineError as exc:
             refused = [str(exc)]
         if self.acc.num_processes > 1:
@@ -52,8 +59,31 @@ class CheckpointManager:
             raise PipelineError(refused[0])
         try:
             yield
+        except BaseException:
+            self._close_remote(quietly=True)   # the error in flight is the one to report
+            raise
+        else:
+            self._close_remote(quietly=False)
         finally:
             lock.__exit__(None, None, None)
+
+    def _open_remote(self, lock: Any) -> None:
+        try:
+            self.remote.open(self.identity)
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+
+    def _close_remote(self, quietly: bool) -> None:
+        """Wait for the last upload (the checkpoint of a SIGTERM, or the final one), give the lease back."""
+        if not self.remote:
+            return
+        try:
+            self.remote.close()
+        except PipelineError as exc:
+            if not quietly:
+                raise
+            print(f"WARNING: {exc}", file=sys.stderr)
 
     def resume(self, training: Training) -> Progress | None:
         """Load this run's newest valid checkpoint into `training` and return its progress; None to
@@ -84,10 +114,23 @@ class CheckpointManager:
             print(f"WARNING: {path} comes from a different run ({diff}): moved the old checkpoints "
                   f"to {aside} (delete it when you no longer need it) and starting afresh", file=sys.stderr)
             path = None
+        path = self._newer_from_remote(path) or path
         if path:
             prune_and_index(self.root, self.keep_last)  # drop what was moved aside
         self.quarantined = quarantined(self.root)
         return str(path) if path else None
+
+    def _newer_from_remote(self, local: Path | None) -> Path | None:
+        """The remote's newest checkpoint that is newer than `local` and verifies, now on this disk."""
+        if not self.remote:
+            return None
+        local_step = read_meta(local)["step"] if local else -1
+        for step in self.remote.newest_after(local_step):
+            if fetched := self.remote.download(step, self.root):
+                print(f"fetched {fetched.name} from {self.remote.url} (newer than this disk's "
+                      f"{local.name if local else 'none'})", file=sys.stderr)
+                return fetched
+        return None
 
     def save(self, training: Training, progress: Progress, meta: dict[str, Any]) -> None:
         """Checkpoint this step (rank 0 writes; every rank waits for it), then prune to keep_last + the best."""
@@ -95,9 +138,11 @@ class CheckpointManager:
             states = {"optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict()}
             if training.scaler.is_enabled():
                 states["scaler"] = training.scaler.state_dict()
-            save(self.root, progress.step, training.raw, states, {**meta, "identity": self.identity, **self.run},
-                 progress.history)
+            path = save(self.root, progress.step, training.raw, states,
+                        {**meta, "identity": self.identity, **self.run}, progress.history)
             prune_and_index(self.root, self.keep_last)
+            if self.remote:
+                self.remote.upload(path)   # in the background
             self.quarantined = quarantined(self.root)
         self.acc.wait_for_everyone()
         self.last_saved_step = progress.step
