@@ -6,7 +6,8 @@ The guard: the estimate is a prediction, the money is spent while train runs.
 
 After a few steps, and every GUARD_INTERVAL_S after, the train stage projects the run's total
 hours, dollars and kWh from its measured rate to the planned tokens, at the estimate's $/h and
-kW (reports/cost.json). A projection over a budget by more than cost.budget_tolerance, or the
+kW (reports/cost.json); under spot pricing with the hours the rest of the run's expected
+reclaims add (pipeline/cost/reclaim.py, as the estimate priced them). A projection over a budget by more than cost.budget_tolerance, or the
 wall clock past cost.budget_hours, stops the run (checkpointed, exit 3) unless
 cost.override_budget is set. Hours spent before a resume count.
 
@@ -22,6 +23,7 @@ from typing import Any
 from pipeline.core.errors import BudgetExceeded
 from pipeline.core.params import Cost, Params
 from pipeline.core.units import fmt
+from pipeline.cost import reclaim
 from pipeline.cost.report import CostReport
 
 GUARD_FIRST_STEPS = 5     # steps of this run before the first projection: the first ones warm up
@@ -136,7 +138,11 @@ class BudgetGuard:
         cost = self.cost
         remaining = max(self.tokens_planned - tokens_done, 0)
         outside_steps = cost.hours / cost.step_hours if cost.step_hours else 1.0
-        hours = spent_hours + remaining / step_rate / 3600 * outside_steps if step_rate else float("inf")
+        if step_rate:
+            to_come = remaining / step_rate / 3600 * outside_steps
+            hours = spent_hours + to_come + self._reclaims(to_come, spent_hours + to_come, step_rate * 3600 / outside_steps)
+        else:
+            hours = float("inf")
         projected = {"hours": hours, "usd": hours * (cost.usd / cost.hours if cost.hours else 0.0),
                      "kwh": hours * (cost.kwh / cost.hours if cost.hours else 0.0)}
         over = [k for k, limit in cost.budget.items()
@@ -146,6 +152,17 @@ class BudgetGuard:
                                budget=dict(cost.budget), tolerance=cost.budget_tolerance, over=over,
                                wall_clock_over=budget_hours is not None and spent_hours >= budget_hours)
         return self.last
+
+    def _reclaims(self, to_come: float, run_hours: float, tokens_per_hour: float) -> float:
+        """Under spot pricing, the hours the rest of the run's expected reclaims add, with the
+        estimate's reclaim rate and restart time (reports/cost.json) and the checkpoint interval at
+        the measured rate: the arithmetic the estimate priced the run with (pipeline/cost/reclaim.py)."""
+        spot = self.cost.spot
+        if self.cost.pricing != "spot" or not spot:
+            return 0.0
+        every_hours = spot["checkpoint_every"] * self.cost.tokens_per_step / tokens_per_hour
+        interval = reclaim.surviving_interval_hours(run_hours, every_hours, spot["checkpoints_remote"])
+        return reclaim.reclaim_hours(to_come, spot["reclaims_per_hour"], interval, spot["restart_hours"])
 
     def refusal(self, projection: Projection, checkpoint: str) -> BudgetExceeded:
         p, cost = projection, self.cost
