@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.core.errors import BudgetExceeded, PipelineError
 from pipeline.cost import calibration, hardware, reclaim
+from pipeline.cost import spot as spot_module
 from pipeline.cost.budget import BudgetGuard
 from pipeline.cost.planner import plan_for
 from pipeline.cost.report import CostReport
@@ -60,6 +61,25 @@ def test_the_default_experiment_shows_on_demand_spot_and_spot_with_reclaims(toke
     assert "no paths.checkpoints_remote" in md
 
 
+def test_with_a_bucket_a_reclaim_loses_half_a_checkpoint_interval_and_a_checkpoint_costs_its_upload(
+        tokens, tmp_path, monkeypatch):
+    # paths.checkpoints_remote is read where the params have it; here it is given directly
+    monkeypatch.setattr(spot_module, "checkpoints_remote", lambda params: "s3://bucket/checkpoints")
+    report = run(tokens, tmp_path)
+    spot, hours, steps = report["spot"], report["hours"], report["steps"]
+    size = spot["checkpoint_bytes"]
+    assert spot["checkpoints_remote"] is True
+    assert spot["checkpoint_seconds"] == pytest.approx(size / 125e6 + size / 100e6)   # write, then upload
+    assert spot["restart_hours"] == pytest.approx(8 / 60 + size / 100e6 / 3600)          # and download
+    interval = 500 * hours / steps                                                      # train.checkpoint_every 500
+    assert spot["checkpoint_interval_hours"] == pytest.approx(interval)
+    assert spot["hours_lost_per_reclaim"] == pytest.approx(interval / 2 + spot["restart_hours"])
+    tau = math.sqrt(2 * spot["checkpoint_seconds"] / 3600 / T4_RATE)
+    assert spot["young_daly_hours"] == pytest.approx(tau)
+    assert "bucket_mb_per_s" in spot["checkpoint_seconds_source"]
+    assert "no paths.checkpoints_remote" not in (tmp_path / "cost.md").read_text()
+
+
 def test_spot_pricing_gates_the_price_with_its_reclaims(tokens, tmp_path):
     often = "cost.extra_hardware={t4-16gb: {spot_reclaims_per_month: 0.99}}"   # one reclaim every ~160 h
     free = run(tokens, tmp_path, "cost.pricing=spot", often, "cost.override_budget=true")["spot"]
@@ -93,6 +113,7 @@ def test_the_guard_after_a_recovery_under_spot_adds_the_rest_of_the_runs_reclaim
     p = guarded.project(step=50, tokens_done=500, step_rate=0.1, spent_hours=3.0)
     assert p.projected["hours"] == pytest.approx(3.0 + to_come + to_come * 0.01 * (interval / 2 + 0.25))
     assert p.projected["usd"] == pytest.approx(p.projected["hours"] * 2.0)
+    assert p.reclaim_hours == pytest.approx(to_come * 0.01 * (interval / 2 + 0.25)) and p.as_dict()["reclaim_hours"]
     on_demand = BudgetGuard(CostReport.read(tmp_path / "on_demand.json"), tokens_planned=1000)
     assert on_demand.project(step=50, tokens_done=500, step_rate=0.1, spent_hours=3.0).projected["hours"] == \
         pytest.approx(3.0 + to_come)

@@ -109,6 +109,7 @@ class Projection:
     tolerance: float
     over: list[str]                 # the budgets the projection breaks (beyond the tolerance)
     wall_clock_over: bool           # cost.budget_hours already spent
+    reclaim_hours: float = 0.0      # in `projected`: what the rest of the run's expected spot reclaims add
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,15 +135,14 @@ class BudgetGuard:
 
     def project(self, step: int, tokens_done: int, step_rate: float, spent_hours: float) -> Projection:
         """The run's totals if the rest goes at `step_rate` tokens/s, with the estimate's share of
-        time outside the optimizer steps (validation) and its $/h and kW."""
+        time outside the optimizer steps (validation), its $/h and kW, and under spot pricing the
+        hours the rest of the run's expected reclaims add (as the gate priced them)."""
         cost = self.cost
         remaining = max(self.tokens_planned - tokens_done, 0)
         outside_steps = cost.hours / cost.step_hours if cost.step_hours else 1.0
-        if step_rate:
-            to_come = remaining / step_rate / 3600 * outside_steps
-            hours = spent_hours + to_come + self._reclaims(to_come, spent_hours + to_come, step_rate * 3600 / outside_steps)
-        else:
-            hours = float("inf")
+        to_come = remaining / step_rate / 3600 * outside_steps if step_rate else float("inf")
+        reclaims = self._reclaims(to_come, spent_hours + to_come, step_rate * 3600 / outside_steps) if step_rate else 0.0
+        hours = spent_hours + to_come + reclaims
         projected = {"hours": hours, "usd": hours * (cost.usd / cost.hours if cost.hours else 0.0),
                      "kwh": hours * (cost.kwh / cost.hours if cost.hours else 0.0)}
         over = [k for k, limit in cost.budget.items()
@@ -150,7 +150,8 @@ class BudgetGuard:
         budget_hours = cost.budget.get("hours")
         self.last = Projection(step=step, tokens_per_second=step_rate, projected=projected, spent_hours=spent_hours,
                                budget=dict(cost.budget), tolerance=cost.budget_tolerance, over=over,
-                               wall_clock_over=budget_hours is not None and spent_hours >= budget_hours)
+                               wall_clock_over=budget_hours is not None and spent_hours >= budget_hours,
+                               reclaim_hours=reclaims)
         return self.last
 
     def _reclaims(self, to_come: float, run_hours: float, tokens_per_hour: float) -> float:

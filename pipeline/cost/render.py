@@ -85,6 +85,11 @@ def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
     rows = [f"  {'device':<20} {'fits':<4} {'hours':>22} {'$':>12} {'kWh':>10}"]
     rows += [f"  {row['device']:<20} {'yes' if row['fits'] else 'no':<4} {fmt(row['hours'], 'h'):>22} "
              f"{fmt(row['usd'], '$'):>12} {num(row['kwh']):>10}" for row in what_if if row["scale"] == 1]
+    spot = r["spot"]
+    if spot:
+        head += (f"\n  on-demand {fmt(spot['usd_on_demand'], '$')}, spot {fmt(spot['usd_spot'], '$')}, spot with its "
+                 f"expected reclaims {fmt(spot['usd_spot_with_reclaims'], '$')}; checkpoint_every "
+                 f"{spot['checkpoint_every_recommended']:,} recommended (cost.md)")
     return head + "\n" + "\n".join(rows)
 
 

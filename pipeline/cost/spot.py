@@ -68,7 +68,7 @@ def side_by_side(params: Params, device: Device, figures: dict[str, Any], steps:
         "expected_reclaims": reclaim.expected_reclaims(hours, per_hour),
         "hours_lost_per_reclaim": reclaim.hours_lost_per_reclaim(interval, restart_hours),
         "restart_hours": restart_hours, "checkpoints_remote": remote,
-        "checkpoint_every": params.train.checkpoint_every, "checkpoint_interval_hours": interval,
+        "steps": steps, "checkpoint_every": params.train.checkpoint_every, "checkpoint_interval_hours": interval,
         "checkpoint_bytes": size, "checkpoint_seconds": checkpoint_seconds,
         "checkpoint_seconds_source": checkpoint_source,
         "young_daly_hours": tau, "checkpoint_every_recommended": max(1, round(tau / step_hours)),
@@ -90,7 +90,10 @@ def advice(spot: dict[str, Any]) -> str:
     every, best = spot["checkpoint_every"], spot["checkpoint_every_recommended"]
     if not spot["checkpoints_remote"]:
         return ("no paths.checkpoints_remote: a reclaim takes the VM's disk and every checkpoint on it, so the "
-                "run starts again from step 0; set a bucket to resume")
+                "run starts again from step 0 (priced so above); set a bucket to resume")
+    if best >= spot["steps"]:
+        return (f"longer than the run's {spot['steps']:,} steps: at this reclaim rate the checkpoints in between "
+                f"guard against other failures, not reclaims (train.checkpoint_every {every})")
     if best > every * FAR_OFF or every > best * FAR_OFF:
         return (f"train.checkpoint_every {every} is far from the {best} recommended: "
                 f"{'more checkpoints than reclaims warrant' if best > every else 'more work lost per reclaim than needed'}")
