@@ -52,9 +52,11 @@ def test_a_stages_code_deps_are_the_code_that_can_change_its_outputs():
     deps = {stage.name: set(stage.all_deps) for stage in STAGES}
     never_train = {"pipeline/cost/hardware.yaml", "pipeline/cost/hardware.py", "pipeline/cost/render.py",
                    "pipeline/cost/pricing.py", "pipeline/cost/planner.py", "pipeline/reports/plots.py",
-                   "pipeline/stages/estimate.py", "pipeline/stages/evaluate.py", "pipeline/stages/tokenize.py"}
+                   "pipeline/cost/spot.py", "pipeline/stages/estimate.py", "pipeline/stages/evaluate.py", "pipeline/stages/tokenize.py"}
     assert not deps["train"] & never_train, deps["train"] & never_train
     assert "pipeline/engine/trainer.py" in deps["train"] and "pipeline/engine/plan.py" in deps["train"]
+    # the budget guard's reclaim arithmetic is train's code; the rates it reads come in cost.json
+    assert "pipeline/cost/reclaim.py" in deps["train"] and "pipeline/cost/spot.py" in deps["estimate"]
     # evaluate holds the run against the estimate train recorded: no estimate code, no catalog
     assert not deps["evaluate"] & {"pipeline/cost/hardware.yaml", "pipeline/cost/pricing.py",
                                    "pipeline/stages/estimate.py", "pipeline/stages/train.py"}

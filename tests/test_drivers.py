@@ -155,7 +155,8 @@ def _both_drivers_matrix(driver, work: Path) -> None:
     # was gated with (train.json), so a later estimate changes no other stage's output.
     trained = (work / "reports/train.json").read_bytes()
     _edit(work / "pipeline/cost/hardware.yaml", "usd_per_hour_on_demand: 0.526", "usd_per_hour_on_demand: 0.6")
-    _expect(driver, work, "a catalog price", ["estimate"])
+    _edit(work / "pipeline/cost/hardware.yaml", "spot_reclaims_per_month: 0.20", "spot_reclaims_per_month: 0.30")
+    _expect(driver, work, "a catalog price and reclaim rate", ["estimate"])
     _edit(work / "pipeline/cost/render.py", '"## Sources"', '"## Where each figure comes from"')
     _expect(driver, work, "the cost report's wording", ["estimate"])
     _edit(work / "pipeline/reports/plots.py", '"tab:red"', '"tab:orange"')

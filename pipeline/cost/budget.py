@@ -6,7 +6,8 @@ The guard: the estimate is a prediction, the money is spent while train runs.
 
 After a few steps, and every GUARD_INTERVAL_S after, the train stage projects the run's total
 hours, dollars and kWh from its measured rate to the planned tokens, at the estimate's $/h and
-kW (reports/cost.json). A projection over a budget by more than cost.budget_tolerance, or the
+kW (reports/cost.json); under spot pricing with the hours the rest of the run's expected
+reclaims add (pipeline/cost/reclaim.py, as the estimate priced them). A projection over a budget by more than cost.budget_tolerance, or the
 wall clock past cost.budget_hours, stops the run (checkpointed, exit 3) unless
 cost.override_budget is set. Hours spent before a resume count.
 
@@ -22,6 +23,7 @@ from typing import Any
 from pipeline.core.errors import BudgetExceeded
 from pipeline.core.params import Cost, Params
 from pipeline.core.units import fmt
+from pipeline.cost import reclaim
 from pipeline.cost.report import CostReport
 
 GUARD_FIRST_STEPS = 5     # steps of this run before the first projection: the first ones warm up
@@ -107,6 +109,7 @@ class Projection:
     tolerance: float
     over: list[str]                 # the budgets the projection breaks (beyond the tolerance)
     wall_clock_over: bool           # cost.budget_hours already spent
+    reclaim_hours: float = 0.0      # in `projected`: what the rest of the run's expected spot reclaims add
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,11 +135,14 @@ class BudgetGuard:
 
     def project(self, step: int, tokens_done: int, step_rate: float, spent_hours: float) -> Projection:
         """The run's totals if the rest goes at `step_rate` tokens/s, with the estimate's share of
-        time outside the optimizer steps (validation) and its $/h and kW."""
+        time outside the optimizer steps (validation), its $/h and kW, and under spot pricing the
+        hours the rest of the run's expected reclaims add (as the gate priced them)."""
         cost = self.cost
         remaining = max(self.tokens_planned - tokens_done, 0)
         outside_steps = cost.hours / cost.step_hours if cost.step_hours else 1.0
-        hours = spent_hours + remaining / step_rate / 3600 * outside_steps if step_rate else float("inf")
+        to_come = remaining / step_rate / 3600 * outside_steps if step_rate else float("inf")
+        reclaims = self._reclaims(to_come, spent_hours + to_come, step_rate * 3600 / outside_steps) if step_rate else 0.0
+        hours = spent_hours + to_come + reclaims
         projected = {"hours": hours, "usd": hours * (cost.usd / cost.hours if cost.hours else 0.0),
                      "kwh": hours * (cost.kwh / cost.hours if cost.hours else 0.0)}
         over = [k for k, limit in cost.budget.items()
@@ -144,8 +150,20 @@ class BudgetGuard:
         budget_hours = cost.budget.get("hours")
         self.last = Projection(step=step, tokens_per_second=step_rate, projected=projected, spent_hours=spent_hours,
                                budget=dict(cost.budget), tolerance=cost.budget_tolerance, over=over,
-                               wall_clock_over=budget_hours is not None and spent_hours >= budget_hours)
+                               wall_clock_over=budget_hours is not None and spent_hours >= budget_hours,
+                               reclaim_hours=reclaims)
         return self.last
+
+    def _reclaims(self, to_come: float, run_hours: float, tokens_per_hour: float) -> float:
+        """Under spot pricing, the hours the rest of the run's expected reclaims add, with the
+        estimate's reclaim rate and restart time (reports/cost.json) and the checkpoint interval at
+        the measured rate: the arithmetic the estimate priced the run with (pipeline/cost/reclaim.py)."""
+        spot = self.cost.spot
+        if self.cost.pricing != "spot" or not spot:
+            return 0.0
+        every_hours = spot["checkpoint_every"] * self.cost.tokens_per_step / tokens_per_hour
+        interval = reclaim.surviving_interval_hours(run_hours, every_hours, spot["checkpoints_remote"])
+        return reclaim.reclaim_hours(to_come, spot["reclaims_per_hour"], interval, spot["restart_hours"])
 
     def refusal(self, projection: Projection, checkpoint: str) -> BudgetExceeded:
         p, cost = projection, self.cost

@@ -33,6 +33,9 @@ class Learned:
     wall_over_steps: float     # the run's wall time over its step time: validation, checkpoints, start
     tokens_per_second: float
     measured_at: str
+    # the mean time one checkpoint took to write (the Young/Daly checkpoint cost); None from a run
+    # that wrote none, or from a version that did not measure it
+    checkpoint_seconds: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +58,7 @@ def recall(key: str, *, not_run: str) -> Learned | None:
 
 
 def remember(key: str, *, run: str, mfu: float, wall_over_steps: float, tokens_per_second: float,
-             step_seconds: float) -> bool:
+             step_seconds: float, checkpoint_seconds: float | None = None) -> bool:
     """Store a run's measurement; False (nothing stored) when the run was too short to trust or
     the cache cannot be written (the estimate then keeps the catalog's assumption)."""
     if step_seconds < MIN_STEP_SECONDS or not 0 < mfu <= 1:
@@ -64,7 +67,8 @@ def remember(key: str, *, run: str, mfu: float, wall_over_steps: float, tokens_p
     runs = entries.get(key) if isinstance(entries.get(key), dict) and "mfu" not in entries[key] else {}
     runs.pop(run, None)
     runs[run] = Learned(mfu=mfu, wall_over_steps=wall_over_steps, tokens_per_second=tokens_per_second,
-                        measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).as_dict()
+                        measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        checkpoint_seconds=checkpoint_seconds).as_dict()
     entries[key] = dict(list(runs.items())[-RUNS_PER_KEY:])
     try:
         write_json(path(), entries)

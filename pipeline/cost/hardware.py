@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.cost import cpuinfo
 from pipeline.core.errors import PipelineError
@@ -27,6 +27,7 @@ CATALOG_FILE = Path(__file__).with_name("hardware.yaml")
 from pipeline.core.units import GIB  # noqa: E402
 PRECISIONS = ("fp32", "fp16", "bf16")
 DETECTED = ("description", "memory_gib", "peak_tflops", "bf16_native")
+SPOT_FIELDS = ("spot_reclaims_per_month", "spot_restart_minutes")
 
 
 class _Peak(BaseModel):
@@ -50,6 +51,10 @@ class _Spec(BaseModel):
     power_watts: float = Field(gt=0)
     usd_per_hour_on_demand: float | None = Field(gt=0)
     usd_per_hour_spot: float | None = Field(gt=0)
+    # a spot price comes with what a reclaim costs (pipeline/cost/reclaim.py): the share of
+    # instances reclaimed in a month (AWS Spot Instance Advisor's unit) and a new VM's start-up
+    spot_reclaims_per_month: float | None = Field(default=None, gt=0, lt=1)
+    spot_restart_minutes: float | None = Field(default=None, ge=0)
     colab_units_per_hour: float | None = Field(gt=0)
     mfu_default: float = Field(gt=0, le=1)
     # where a precision reaches another share of its own peak (a CPU's AMX bf16 matmuls are ~6x its
@@ -69,11 +74,37 @@ class _Spec(BaseModel):
             raise ValueError(f"a {kind} entry is no GPU: remove its gpu_names")
         return names
 
+    @model_validator(mode="after")
+    def _spot_price_has_its_reclaims(self) -> _Spec:
+        if self.usd_per_hour_spot is None:
+            return self
+        missing = [k for k in SPOT_FIELDS if getattr(self, k) is None] + \
+                  [f"sources.{k}" for k in SPOT_FIELDS if not self.sources.get(k)]
+        if missing:
+            raise ValueError(f"a spot price needs {', '.join(missing)} (what a reclaim costs, with its source)")
+        return self
+
 
 class _Colab(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     usd_per_compute_unit: float = Field(gt=0)
     source: str
+
+
+class _Storage(BaseModel):
+    """Where a checkpoint goes: the VM's disk and the bucket that outlives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    disk_write_mb_per_s: float = Field(gt=0)
+    bucket_mb_per_s: float = Field(gt=0)
+    sources: dict[Literal["disk_write_mb_per_s", "bucket_mb_per_s"], str]
+
+
+@dataclass(frozen=True)
+class Storage:
+    disk_write_bytes_per_s: float
+    bucket_bytes_per_s: float
+    sources: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,8 @@ class Device:
     detected: dict[str, Any] | None = None  # pipeline.cost.cpuinfo.profile() where the entry was detected
     mfu_by_precision: dict[str, float] = field(default_factory=dict)
     gpu_names: tuple[str, ...] = ()   # what the driver calls it (cuda entries)
+    spot_reclaims_per_month: float | None = None   # where it has a spot price
+    spot_restart_minutes: float | None = None
 
     def mfu(self, precision: str) -> float:
         """The catalog's assumed MFU of a run in `precision` (model FLOPs over that precision's peak)."""
@@ -149,10 +182,17 @@ def _normalized(gpu_name: str) -> str:
     return " ".join(gpu_name.split()).casefold()
 
 
+def storage() -> Storage:
+    """The catalog's disk and bucket bandwidths, with their sources."""
+    spec = _packaged()[2]
+    return Storage(disk_write_bytes_per_s=spec.disk_write_mb_per_s * 1e6, bucket_bytes_per_s=spec.bucket_mb_per_s * 1e6,
+                   sources=dict(spec.sources))
+
+
 @lru_cache(maxsize=1)
-def _packaged() -> tuple[dict[str, Any], _Colab]:
+def _packaged() -> tuple[dict[str, Any], _Colab, _Storage]:
     data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8"))
-    return data["devices"], _Colab.model_validate(data["colab"])
+    return data["devices"], _Colab.model_validate(data["colab"]), _Storage.model_validate(data["storage"])
 
 
 def _entries(extra: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -176,7 +216,7 @@ def _build(entries: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]] 
         try:
             devices[name] = _device(name, _Spec.model_validate(entry), colab, detected)
         except ValidationError as exc:
-            problems += [f"{where}.{'.'.join(str(p) for p in e['loc'])}: "
+            problems += [f"{'.'.join([where, *(str(p) for p in e['loc'])])}: "
                          f"{'missing' if e['type'] == 'missing' else e['msg'].removeprefix('Value error, ')}"
                          for e in exc.errors()]
     if problems:
@@ -246,4 +286,6 @@ def _device(name: str, spec: _Spec, colab: _Colab, detected: dict[str, Any] | No
         sources=sources,
         detected=detected,
         gpu_names=tuple(spec.gpu_names),
+        spot_reclaims_per_month=spec.spot_reclaims_per_month,
+        spot_restart_minutes=spec.spot_restart_minutes,
     )

@@ -122,14 +122,21 @@ def utilization(params: Params, device: Device, fit: Fit,
         return (*calibrate(params, fit.plan, device, manifest.vocab_size, manifest.eot_token_id), None, True)
     if cost.mfu is not None:
         return cost.mfu, "params: cost.mfu", None, False
-    # never this run's own measurement: held against itself, a run would look perfectly predicted
-    learned = calibration.recall(fit.plan.calibration_key, not_run=run_id(params, manifest)) if cost.learn_mfu else None
+    learned = recalled(params, fit.plan, manifest)
     if learned:
         return (learned.mfu, f"learned: measured by an earlier train run of this shape on this machine at {learned.measured_at} "
                              f"({learned.tokens_per_second:,.0f} tokens/s, wall time {learned.wall_over_steps:.3g}x "
                              f"the step time; kept in {calibration.path()}; cost.learn_mfu: false ignores it)",
                 learned.wall_over_steps, True)
     return (*catalog_mfu(device, fit.plan), None, False)
+
+
+def recalled(params: Params, plan: Plan, manifest: TokenManifest) -> calibration.Learned | None:
+    """What an earlier train run of this plan's shape measured on this machine (cost.learn_mfu).
+    Never this run's own measurement: held against itself, a run would look perfectly predicted."""
+    if not params.cost.learn_mfu:
+        return None
+    return calibration.recall(plan.calibration_key, not_run=run_id(params, manifest))
 
 
 def catalog_mfu(device: Device, plan: Plan) -> tuple[float, str]:

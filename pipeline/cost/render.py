@@ -7,6 +7,7 @@ from pipeline.core.units import fmt, num
 from pipeline.cost.planner import describe
 from pipeline.engine.plan import Plan
 from pipeline.cost.report import CostReport
+from pipeline.cost.spot import advice
 
 def _pricing_words(pricing: str) -> str:
     if pricing in ("on_demand", "owned"):
@@ -68,6 +69,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
         lines.append(f"| {row['device']} | {row['tokens']:,} ({row['scale']}x) | {'yes' if row['fits'] else 'no'} | "
                      f"{describe(row['plan'])} | {fmt(row['peak_memory_bytes'], 'GiB')} | "
                      f"{fmt(row['hours'], 'h')} | {fmt(row['usd'], '$')} ({row['pricing']}) | {num(row['kwh'])} |")
+    lines += _spot_lines(r["spot"], r["pricing"]) if r["spot"] else []
     lines += ["", "## Sources", ""] + [f"- {k}: {v}" for k, v in r["sources"].items()]
     if r["detected"]:
         lines += ["", "## This machine, as detected", ""] + [f"- {k}: {v}" for k, v in r["detected"].items()]
@@ -83,4 +85,37 @@ def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
     rows = [f"  {'device':<20} {'fits':<4} {'hours':>22} {'$':>12} {'kWh':>10}"]
     rows += [f"  {row['device']:<20} {'yes' if row['fits'] else 'no':<4} {fmt(row['hours'], 'h'):>22} "
              f"{fmt(row['usd'], '$'):>12} {num(row['kwh']):>10}" for row in what_if if row["scale"] == 1]
+    spot = r["spot"]
+    if spot:
+        head += (f"\n  on-demand {fmt(spot['usd_on_demand'], '$')}, spot {fmt(spot['usd_spot'], '$')}, spot with its "
+                 f"expected reclaims {fmt(spot['usd_spot_with_reclaims'], '$')}; checkpoint_every "
+                 f"{spot['checkpoint_every_recommended']:,} recommended (cost.md)")
     return head + "\n" + "\n".join(rows)
+
+
+def _spot_lines(spot: dict[str, Any], pricing: str) -> list[str]:
+    """On-demand, spot and spot with its expected reclaims, and the checkpoint interval (pipeline/cost/spot.py)."""
+    hours, added_usd = spot["hours_spot_with_reclaims"], spot["usd_spot_with_reclaims"] - spot["usd_spot"]
+    gated = " (the budget gate holds this one: cost.pricing is spot)" if pricing == "spot" else ""
+    return [
+        "", "## On-demand, spot, and spot with its reclaims", "",
+        "| price | hours | $ |", "| --- | ---: | ---: |",
+        f"| on-demand | {fmt(spot['hours'], 'h')} | "
+        f"{fmt(spot['usd_on_demand'], '$') if spot['usd_on_demand'] is not None else 'n/a'} |",
+        f"| spot, never reclaimed | {fmt(spot['hours'], 'h')} | "
+        f"{fmt(spot['usd_spot'], '$')} |",
+        f"| **spot with its expected reclaims**{gated} | {fmt(hours, 'h')} | **{fmt(spot['usd_spot_with_reclaims'], '$')}** |",
+        "",
+        f"- Expected reclaims add {(hours - spot['hours']) * 3600:,.3g} s and ${added_usd:,.3g} "
+        f"({added_usd / spot['usd_spot']:.2%} of the spot price)",
+        f"- Reclaims: {spot['reclaims_per_month']:.0%} of instances a month, {spot['reclaims_per_hour']:.3g} an hour "
+        f"(one every {spot['mean_hours_between_reclaims']:,.0f} h on average): {spot['expected_reclaims']:.3g} expected "
+        f"in this run, each losing {fmt(spot['hours_lost_per_reclaim'], 'h')} (half of "
+        f"{fmt(spot['checkpoint_interval_hours'], 'h')} between surviving checkpoints, plus "
+        f"{fmt(spot['restart_hours'], 'h')} to restart)",
+        f"- Checkpoint: {spot['checkpoint_bytes'] / 1e6:,.0f} MB, {spot['checkpoint_seconds']:.3g} s "
+        f"({spot['checkpoint_seconds_source']})",
+        f"- Recommended train.checkpoint_every: {spot['checkpoint_every_recommended']:,} steps, the Young/Daly interval "
+        f"sqrt(2 x {spot['checkpoint_seconds']:.3g} s x {spot['mean_hours_between_reclaims']:,.0f} h) = "
+        f"{fmt(spot['young_daly_hours'], 'h')} (J. W. Young, CACM 1974; J. T. Daly, FGCS 2006); {advice(spot)}",
+    ] + [f"- {k}: {v}" for k, v in spot["sources"].items()]

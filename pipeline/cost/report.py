@@ -51,4 +51,8 @@ class CostReport(Record):
     plan: dict[str, Any]
     sources: dict[str, str]
     detected: dict[str, Any] | None   # what was measured of this machine (the cpu entry)
+    # on-demand, spot and spot with its expected reclaims side by side, the reclaim figures the
+    # budget guard projects with under spot pricing, and the recommended train.checkpoint_every
+    # (pipeline/cost/spot.py); None where the device has no spot price
+    spot: dict[str, Any] | None = None
     provenance: dict[str, Any]

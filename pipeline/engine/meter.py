@@ -80,6 +80,7 @@ class Meter:
         self.started = time.perf_counter()
         self.step_seconds = 0.0  # data windows, forward, backward, optimizer: what tokens/s counts
         self.seconds = {"eval": 0.0, "checkpoint": 0.0, "log": 0.0}  # everything else in the loop
+        self.times = dict.fromkeys(self.seconds, 0)                  # how many of each
         self.steps = 0  # done by this process
         self.tokens = 0
         self.last_rate = 0.0
@@ -106,6 +107,11 @@ class Meter:
         t = time.perf_counter()
         yield
         self.seconds[kind] += time.perf_counter() - t
+        self.times[kind] += 1
+
+    def mean_seconds(self, kind: str) -> float | None:
+        """The mean time one `kind` took in this run (a checkpoint: the Young/Daly checkpoint cost)."""
+        return self.seconds[kind] / self.times[kind] if self.times[kind] else None
 
     def run_seconds(self) -> float:
         return time.perf_counter() - self.started

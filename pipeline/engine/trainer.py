@@ -250,7 +250,8 @@ class Trainer:
         if summary["mfu"] and meter.step_seconds:
             calibration.remember(self.setup.calibration_key, run=run_id(self.params, self.manifest),
                                  mfu=summary["mfu"], wall_over_steps=meter.run_seconds() / meter.step_seconds,
-                                 tokens_per_second=summary["tokens_per_second"], step_seconds=meter.step_seconds)
+                                 tokens_per_second=summary["tokens_per_second"], step_seconds=meter.step_seconds,
+                                 checkpoint_seconds=meter.mean_seconds("checkpoint"))
 
     def _announce(self) -> None:
         if not self.acc.is_main_process:

@@ -145,6 +145,24 @@ def optimizer_state_bytes(model: Model, vocab_size: int, optimizer: str) -> int:
     raise ValueError(f"no memory model for optimizer {optimizer!r}")
 
 
+# Besides the weights and the optimizer's state: config, meta, history, scheduler and scaler
+# states and SHA256SUMS, well under this.
+CHECKPOINT_SMALL_FILES_BYTES = 1 << 20
+
+
+def checkpoint_parts(model: Model, vocab_size: int, optimizer: str) -> dict[str, int]:
+    """Bytes of one checkpoint's weights (fp32) and optimizer state, as the memory model counts
+    them (training_memory): AdamW keeps two fp32 moments per parameter, Muon one momentum per
+    hidden matrix and AdamW's two for the rest."""
+    return {"weights": 4 * parameter_count(model, vocab_size),
+            "optimizer": optimizer_state_bytes(model, vocab_size, optimizer)}
+
+
+def checkpoint_bytes(model: Model, vocab_size: int, optimizer: str) -> int:
+    """One checkpoint on disk: what doctor checks the free space against, what a reclaim uploads."""
+    return sum(checkpoint_parts(model, vocab_size, optimizer).values()) + CHECKPOINT_SMALL_FILES_BYTES
+
+
 def newton_schulz_workspace(model: Model, precision: str = "bf16") -> int:
     """Peak bytes Muon allocates while it orthogonalizes its largest matrix (one at a time, m <= n)
     with the iterations in `precision` (e bytes a value): the fp32 Nesterov update (4mn), the

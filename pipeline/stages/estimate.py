@@ -21,6 +21,7 @@ from pipeline.cost.hardware import Device
 from pipeline.cost.planner import Fit, fit_error, plan_for
 from pipeline.cost.render import render_markdown, render_terminal
 from pipeline.cost.report import CostReport
+from pipeline.cost.spot import gated, side_by_side
 from pipeline.data.tokens import TokenManifest, load as load_manifest
 from pipeline.model import compute
 from pipeline.registry import declared_params
@@ -39,7 +40,10 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     work = pricing.Work.of(params, fit.plan, manifest)
     figures = pricing.price(work, device, params, mfu=mfu, usd_per_hour=params.cost.usd_per_hour,
                     wall_over_steps=wall_over_steps, whole_steps=whole_steps)
-    over = budget.over_budget(params.cost, figures)
+    steps = work.tokens // fit.plan.tokens_per_step
+    spot = side_by_side(params, device, figures, steps, vocab, pricing.recalled(params, fit.plan, manifest))
+    held = gated(figures, spot, params.cost.pricing)   # under spot pricing, with the expected reclaims
+    over = budget.over_budget(params.cost, held)
     what_if = [pricing.what_if_row(params, d, manifest, k, planned=(fit.plan, mfu, whole_steps) if d.name == device.name else None)
                for k in pricing.WHAT_IF_SCALES for d in devices.values()]
     report = CostReport.make(
@@ -48,16 +52,15 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
         override=bool(params.cost.override_budget and over and fit.fits),
         override_budget=params.cost.override_budget, over_budget=over,
         budget=budget.limits(params.cost), budget_tolerance=params.cost.budget_tolerance,
-        tokens=work.tokens, steps=work.tokens // fit.plan.tokens_per_step, tokens_per_step=fit.plan.tokens_per_step,
-        train_tokens_available=manifest.train_tokens,
+        tokens=work.tokens, steps=steps, tokens_per_step=fit.plan.tokens_per_step, train_tokens_available=manifest.train_tokens,
         epochs=work.tokens / manifest.train_tokens if manifest.train_tokens else None,
         parameters=compute.parameter_count(params.model, vocab), flops_per_token=work.flops_per_token,
-        **figures, mfu=mfu, mfu_source=mfu_source,
+        **figures, mfu=mfu, mfu_source=mfu_source, spot=spot,
         peak_memory_bytes=fit.memory.total, memory_usable_bytes=fit.usable_bytes, memory=fit.memory.as_dict(),
         plan=fit.plan.as_dict(), sources=device.sources, detected=getattr(device, "detected", None),
         provenance=provenance.record(declared_params("estimate", params)),
     )
-    refusal = _refusal(params, device, fit, figures, over, what_if, str(cost_md))
+    refusal = _refusal(params, device, fit, held, over, what_if, spot, str(cost_md))
     write_text(cost_md, render_markdown(report, what_if, refusal))
     print(render_terminal(report, what_if))
     if refusal:
@@ -101,7 +104,7 @@ def _check_settings(params: Params, device: Device) -> None:
 
 
 def _refusal(params: Params, device: Device, fit: Fit, figures: dict, over: list[str], what_if: list[dict],
-             cost_md: str) -> str | None:
+             spot: dict | None, cost_md: str) -> str | None:
     """The one message that stops the pipeline: no plan fits, or over budget (the gate)."""
     if not fit.fits:
         roomy = [r["device"] for r in what_if if r["scale"] == 1 and r["fits"]]
@@ -111,10 +114,7 @@ def _refusal(params: Params, device: Device, fit: Fit, figures: dict, over: list
                    else ", train.micro_batch_size/activation_checkpointing: auto")
                 + (f", or a device where it fits: {', '.join(roomy)}" if roomy else "")
                 + f". See {cost_md}.")
-    cost = params.cost
-    spot = device.usd_per_hour("spot")
-    spot_usd = (figures["usd"] * spot / device.usd_per_hour("on_demand")
-                if cost.pricing == "on_demand" and spot is not None and cost.usd_per_hour is None else None)
+    offer_spot = spot and params.cost.pricing == "on_demand" and params.cost.usd_per_hour is None  # with its reclaims
+    spot_usd = spot["usd_spot_with_reclaims"] if offer_spot else None
     others = [r for r in what_if if r["scale"] == 1 and r["device"] != device.name]
-    return budget.gate_refusal(params, figures, over, device=device.name, alternatives=others, spot_usd=spot_usd,
-                               cost_md=cost_md)
+    return budget.gate_refusal(params, figures, over, device=device.name, alternatives=others, spot_usd=spot_usd, cost_md=cost_md)

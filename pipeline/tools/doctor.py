@@ -27,9 +27,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 
 from pipeline.core.units import GIB  # noqa: E402
-# Besides the weights and the optimizer's state: config, meta, history, scheduler and scaler
-# states and SHA256SUMS, well under this.
-CHECKPOINT_SMALL_FILES_BYTES = 1 << 20
+from pipeline.model.compute import CHECKPOINT_SMALL_FILES_BYTES  # noqa: E402,F401  (tests read it here)
 TORCH_INSTALL = "https://pytorch.org/get-started/locally/"
 NO_ENTRY = ("add one to pipeline/cost/hardware.yaml with the name under gpu_names, or describe it under "
             "cost.extra_hardware")
@@ -224,17 +222,15 @@ def _gpus(report: Report, params: Params, gpus: list[CudaDevice]) -> None:
 
 
 def checkpoint_parts(params: Params, vocab: int) -> dict[str, int]:
-    """Bytes of one checkpoint's weights (fp32) and optimizer state, as the planner's memory model
-    counts them (compute.training_memory): AdamW keeps two fp32 moments per parameter, Muon one
-    momentum per hidden matrix and AdamW's two for the rest."""
     from pipeline.model import compute
 
-    return {"weights": 4 * compute.parameter_count(params.model, vocab),
-            "optimizer": compute.optimizer_state_bytes(params.model, vocab, params.train.optimizer)}
+    return compute.checkpoint_parts(params.model, vocab, params.train.optimizer)
 
 
 def checkpoint_bytes(params: Params, vocab: int) -> int:
-    return sum(checkpoint_parts(params, vocab).values()) + CHECKPOINT_SMALL_FILES_BYTES
+    from pipeline.model import compute
+
+    return compute.checkpoint_bytes(params.model, vocab, params.train.optimizer)
 
 
 def _disk(report: Report, params: Params, vocab: int) -> None:
