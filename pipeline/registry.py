@@ -191,10 +191,6 @@ class Stage:
         return f"python -m pipeline {self.name}"
 
 
-# paths.checkpoints_remote (a bucket the checkpoints outlive a spot VM in) makes a spot reclaim
-# cost less and a checkpoint more: estimate reads it where this version of the params has it
-_CHECKPOINTS_REMOTE = ("paths.checkpoints_remote",) if "checkpoints_remote" in Paths.model_fields else ()
-
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="tokenize",
@@ -207,7 +203,8 @@ STAGES: tuple[Stage, ...] = (
         name="estimate",
         help="FLOPs, memory fit, hours, dollars, energy; stop when over budget",
         inputs=(TOKENS, TOKENIZER),
-        params=("paths.tokens", "paths.tokenizer", "paths.reports", "model", "cost", *_CHECKPOINTS_REMOTE,
+        params=("paths.tokens", "paths.tokenizer", "paths.reports", "model", "cost",
+                "paths.checkpoints_remote",  # a bucket: a reclaim costs less, a checkpoint more (cost/spot.py)
                 "train.tokens_per_step", "train.max_steps", "train.max_tokens", "train.eval_every", "train.optimizer",
                 "train.checkpoint_every",   # what a spot reclaim loses (pipeline/cost/spot.py)
                 "train.eval_batches", "train.micro_batch_size", "train.precision",

@@ -19,12 +19,6 @@ from pipeline.model import compute
 FAR_OFF = 2.0  # a configured checkpoint_every this many times off the recommendation is pointed out
 
 
-def checkpoints_remote(params: Params) -> str | None:
-    """paths.checkpoints_remote, the bucket checkpoints outlive a VM in; None where unset (or where
-    this version of the params has no such key)."""
-    return getattr(params.paths, "checkpoints_remote", None)
-
-
 def checkpoint_cost(size: int, remote: bool, learned: Learned | None) -> tuple[float, str]:
     """Seconds one checkpoint takes, the Young/Daly C: written (measured by an earlier run, or at
     the catalog's disk bandwidth) and, with a bucket, uploaded; and where that came from."""
@@ -47,7 +41,7 @@ def side_by_side(params: Params, device: Device, figures: dict[str, Any], steps:
     spot_usd_per_hour, devices = device.usd_per_hour("spot"), params.cost.num_devices
     if spot_usd_per_hour is None or device.spot_reclaims_per_month is None or not steps:
         return None
-    hours, remote = figures["hours"], checkpoints_remote(params) is not None
+    hours, remote = figures["hours"], params.paths.checkpoints_remote is not None
     step_hours = hours / steps                              # validation included: the wall clock
     size = compute.checkpoint_bytes(params.model, vocab, params.train.optimizer)
     checkpoint_seconds, checkpoint_source = checkpoint_cost(size, remote, learned)
