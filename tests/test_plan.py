@@ -79,3 +79,13 @@ def test_the_plan_carries_what_train_needs_from_the_catalog():
     plan = plan_for(p, device, 4096).plan
     assert plan.peak_flops == device.peak_flops[plan.precision]
     assert plan.calibration_key.startswith(device.name) and f"/mb{plan.micro_batch_size}x" in plan.calibration_key
+
+
+def test_a_speed_learned_with_n_processes_prices_only_n_processes():
+    """Two processes that happen to share one micro-batch layout still learn under their own key:
+    their step includes a gradient all-reduce that one process never pays."""
+    one = params("cost.num_devices=1", "train.micro_batch_size=1", "train.tokens_per_step=8192")
+    two = params("cost.num_devices=2", "train.micro_batch_size=1", "train.tokens_per_step=16384")
+    key = {n: plan_for(p, hardware.get_device(p.cost), 4096).plan.calibration_key for n, p in ((1, one), (2, two))}
+    assert key[1].split("|")[1:] == key[2].split("|")[1:]  # same shape, same per-device layout
+    assert key[1] != key[2]

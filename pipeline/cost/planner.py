@@ -95,7 +95,7 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
                              tokens_per_step=train.tokens_per_step, optimizer=train.optimizer,
                              model=params.section("model"), peak_flops=device.peak_flops[precision],
                              calibration_key=key_for(device, params.model, vocab, **layout,
-                                                                 optimizer=train.optimizer))
+                                                     optimizer=train.optimizer, devices=cost.num_devices))
             last = Fit(plan, memory, usable)
             if last.fits:
                 return last
@@ -123,9 +123,10 @@ def fit_error(fit: Fit, device: Device, params: Params) -> str:
 
 
 def key_for(device: Device, model: Model, vocab_size: int, *, micro_batch_size: int, grad_accum_steps: int,
-            precision: str, activation_checkpointing: bool, optimizer: str) -> str:
-    """The key a run's measured speed is learned under (pipeline/cost/calibration.py)."""
-    machine = device.name + (f"@{device.detected['fingerprint']}" if device.detected else "")
+            precision: str, activation_checkpointing: bool, optimizer: str, devices: int) -> str:
+    """The key a run's measured speed is learned under (pipeline/cost/calibration.py): a speed
+    measured with N processes (their gradient all-reduce included) prices N processes only."""
+    machine = device.name + (f"@{device.detected['fingerprint']}" if device.detected else "") + f"x{devices}"
     shape = (f"{model.architecture}:L{model.n_layer}xD{model.n_embd}xH{model.n_head}xT{model.context}xV{vocab_size}"
              f"/{optimizer}")
     layout = f"{precision}/mb{micro_batch_size}x{grad_accum_steps}{'/ckpt' if activation_checkpointing else ''}"
