@@ -411,7 +411,7 @@ def test_samples_longer_than_the_model(copy):
 
 def test_cli_reports_bad_input_in_one_line_with_exit_code_2(copy, capsys):
     shutil.rmtree(copy / "models/final")
-    sets = [a for s in make_params(copy).paths.model_dump(mode="json").items()
+    sets = [a for s in make_params(copy).paths.model_dump(mode="json").items() if s[1] is not None
             for a in ("--set", f"paths.{s[0]}={s[1]}")]
     code = main(["evaluate", "--params", str(Path(__file__).parents[1] / "params.yaml"), *sets])
     err = capsys.readouterr().err

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 # imported only inside a guard (pynvml) or a function the check never calls (tokenizers, a
-# dependency of transformers in any case)
-OPTIONAL = {"pynvml", "tokenizers"}
+# dependency of transformers in any case), or only when paths.checkpoints_remote is set (fsspec),
+# which the check never sets
+OPTIONAL = {"pynvml", "tokenizers", "fsspec"}
 
 
 def args(tmp_path, device="cpu", time_limit=gpucheck.TIME_LIMIT_S):

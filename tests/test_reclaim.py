@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import fsspec
+import psutil
 import pytest
 import yaml
 from safetensors.torch import load_file
@@ -96,6 +97,28 @@ def _newest_in_bucket(prefix: str) -> dict:
     return json.loads(fs.cat_file(f"{BUCKET}/{prefix}/{complete[-1]}/meta.json"))
 
 
+def _kill_the_vm(proc: subprocess.Popen) -> None:
+    """SIGKILL run.sh and every process under it at once, as a reclaim does: Snakemake starts each
+    job in a session of its own, so the job is not in run.sh's process group."""
+    everything = [proc.pid, *(child.pid for child in psutil.Process(proc.pid).children(recursive=True))]
+    for pid in everything:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    for pid in everything[1:]:  # wait until each is dead (gone, or a zombie not yet reaped)
+        while _running(pid):
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _reclaimed_vm(origin: Path, env: dict, prefix: str) -> float:
     """Clone, run cloud/run.sh, SIGKILL everything once step K is in the bucket, delete the disk.
     Returns the seconds it ran."""
@@ -111,8 +134,7 @@ def _reclaimed_vm(origin: Path, env: dict, prefix: str) -> float:
             assert time.monotonic() - started < 300, "no checkpoint reached the bucket in 300 s"
             time.sleep(0.05)
         assert proc.poll() is None, "the run finished before it could be killed: raise STEPS"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_the_vm(proc)
     seconds = time.monotonic() - started
     shutil.rmtree(vm)   # the VM's disk goes with it
     return seconds

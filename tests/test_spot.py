@@ -10,7 +10,6 @@ import pytest
 
 from pipeline.core.errors import BudgetExceeded, PipelineError
 from pipeline.cost import calibration, hardware, reclaim
-from pipeline.cost import spot as spot_module
 from pipeline.cost.budget import BudgetGuard
 from pipeline.cost.planner import plan_for
 from pipeline.cost.report import CostReport
@@ -62,10 +61,8 @@ def test_the_default_experiment_shows_on_demand_spot_and_spot_with_reclaims(toke
 
 
 def test_with_a_bucket_a_reclaim_loses_half_a_checkpoint_interval_and_a_checkpoint_costs_its_upload(
-        tokens, tmp_path, monkeypatch):
-    # paths.checkpoints_remote is read where the params have it; here it is given directly
-    monkeypatch.setattr(spot_module, "checkpoints_remote", lambda params: "s3://bucket/checkpoints")
-    report = run(tokens, tmp_path)
+        tokens, tmp_path):
+    report = run(tokens, tmp_path, "paths.checkpoints_remote=s3://bucket/checkpoints")
     spot, hours, steps = report["spot"], report["hours"], report["steps"]
     size = spot["checkpoint_bytes"]
     assert spot["checkpoints_remote"] is True
