@@ -61,7 +61,6 @@ def worker_exit_code(code: int) -> int:
     return 128 + -code if code < 0 else code
 
 
-
 def stop_with_driver() -> None:
     """Under `dvc repro` (which sets DVC_STAGE), a SIGTERM when DVC ends: a SIGTERM to dvc's PID
     kills it at once (it handles no SIGTERM, dvc/stage/run.py) and would leave train running

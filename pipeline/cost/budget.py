@@ -7,9 +7,9 @@ The guard: the estimate is a prediction, the money is spent while train runs.
 After a few steps, and every GUARD_INTERVAL_S after, the train stage projects the run's total
 hours, dollars and kWh from its measured rate to the planned tokens, at the estimate's $/h and
 kW (reports/cost.json); under spot pricing with the hours the rest of the run's expected
-reclaims add (pipeline/cost/reclaim.py, as the estimate priced them). A projection over a budget by more than cost.budget_tolerance, or the
-wall clock past cost.budget_hours, stops the run (checkpointed, exit 3) unless
-cost.override_budget is set. Hours spent before a resume count.
+reclaims add (pipeline/cost/reclaim.py, as the estimate priced them). A projection over a budget
+by more than cost.budget_tolerance, or the wall clock past cost.budget_hours, stops the run
+(checkpointed, exit 3) unless cost.override_budget is set. Hours spent before a resume count.
 
 The budget and its tolerance reach train through the cost report, not through params train
 declares: a finished run's outputs never depend on the budget (a run it stopped has none), so a

@@ -10,8 +10,8 @@ download), all of it billed.
 
 Reclaims are taken as a Poisson process: expected reclaims = hours x rate, a first-order figure
 (the hours the reclaims add are not exposed again: it is low by a share of about rate x hours
-lost per reclaim, under 0.1% at the catalog's rates). The checkpoint interval that minimises the expected loss is
-Young's (J. W. Young, "A first order approximation to the optimum checkpoint interval", CACM 17(9),
+lost per reclaim, under 0.1% at the catalog's rates). The checkpoint interval that minimises the
+expected loss is Young's (J. W. Young, "A first order approximation to the optimum checkpoint interval", CACM 17(9),
 1974; J. T. Daly, "A higher order estimate of the optimum checkpoint interval for restart dumps",
 FGCS 22(3), 2006): tau = sqrt(2 x C x M), C the time one checkpoint takes, M the mean time between
 reclaims.

@@ -24,7 +24,9 @@ remote at start is one PipelineError (exit 2), before any step is paid for.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -225,8 +227,6 @@ def _protocols(fs: Any) -> tuple[str, ...]:
 
 
 def _remote_meta(fs: Any, directory: str) -> dict[str, Any] | None:
-    import json
-
     try:
         meta = json.loads(fs.cat_file(f"{directory}/meta.json"))
     except (FileNotFoundError, ValueError):
@@ -245,8 +245,6 @@ def _snapshot(path: Path) -> Path:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
