@@ -4,8 +4,8 @@ Later --params files and --set override earlier ones. A known error prints one m
 and exits non-zero (2 for bad input or a path it cannot write, 3 when the budget gate refuses the
 run), with no traceback; an interrupted train exits 130 (SIGINT) or 143 (SIGTERM) after its
 checkpoint. `--log FILE` copies the output into FILE from inside the process (pipeline/core/console.py).
-A stage the registry marks distributed runs as cost.num_devices processes (pipeline/core/launch.py),
-spread over the nodes of a SLURM job that holds several (pipeline/core/multinode.py).
+A stage the registry marks distributed runs as cost.num_devices processes, spread over the nodes of
+a SLURM job that holds several (pipeline/core/launch.py).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.core import console, multinode
+from pipeline.core import console
+from pipeline.core.driver import inside_launch, stop_with_driver
 from pipeline.core.errors import PipelineError, unwritable
-from pipeline.core.launch import inside_launch, run_as_processes, stop_with_driver
 
 TOOLS = {
     "demo-corpus": ("pipeline.tools.demo_corpus", "write the bundled multilingual demo corpus"),
@@ -78,17 +78,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         params = params_module.load(args.params, args.overrides)
         if args.command in TOOLS:
             return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
-        from pipeline.registry import by_name, run_stage  # the stage's module is imported only now
+        from pipeline.registry import LAUNCHER, by_name, run_stage  # the stage's module is imported only now
 
         stop_with_driver()
         # cost.num_devices is the plan's device count too, which train holds the run to
-        # (pipeline/engine/plan.py): a change reruns estimate, and its new plan reruns train
+        # (pipeline/engine/plan.py): a change reruns estimate, and its new plan reruns train.
+        # The launcher is imported by name, so only a distributed stage has it in its code deps.
         if by_name(args.command).distributed and not inside_launch():
-            nodes = multinode.allocated_nodes()
-            if nodes > 1:  # a SLURM job over several nodes
-                return multinode.run_on_nodes(params.cost.num_devices, nodes, argv)
-            if params.cost.num_devices > 1:
-                return run_as_processes(params.cost.num_devices, argv)
+            code = importlib.import_module(LAUNCHER).launch(params.cost.num_devices, argv)
+            if code is not None:
+                return code
         run_stage(args.command, params)
         return 0
     except PipelineError as exc:

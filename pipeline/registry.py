@@ -27,6 +27,9 @@ MODULE_DATA = {"pipeline.cost.hardware": ("hardware.yaml",)}
 # params, deps and outs in dvc.yaml and the Snakefile), so an edit to one stage's declaration must
 # not rerun every stage as a code change would.
 NOT_CODE = frozenset({"pipeline.registry", "pipeline.tools.dag"})
+# What runs a distributed stage as several processes: the CLI imports it by this name for those
+# stages only, so an edit to it reruns them and no other stage.
+LAUNCHER = "pipeline.core.launch"
 
 
 def module_file(module: str) -> Path | None:
@@ -60,13 +63,13 @@ def _imported(module: str) -> list[str]:
     return with_packages
 
 
-def code_deps(module: str) -> tuple[str, ...]:
-    """The CLI plus every pipeline module `module` imports, transitively, and their data files:
-    derived from the source, so a new helper module can never be missing from the deps."""
+def code_deps(module: str, *also: str) -> tuple[str, ...]:
+    """The CLI plus every pipeline module `module` (and each of `also`) imports, transitively, and
+    their data files: derived from the source, so a new helper module can never be missing."""
     if module_file(module) is None:
         raise ValueError(f"code_deps: no module {module} (a misspelled stage?)")
     seen: list[str] = []
-    todo = ["pipeline.__main__", module]
+    todo = ["pipeline.__main__", module, *also]
     while todo:
         name = todo.pop(0)
         if name in seen or name in NOT_CODE or module_file(name) is None:
@@ -146,7 +149,7 @@ class Stage:
     params: tuple[str, ...]        # params keys or whole sections it reads
     outputs: tuple[Artifact, ...]
     gpu: bool = False              # holds the GPU: one such job at a time
-    # runs as cost.num_devices processes (pipeline/core/launch.py); the others run as one: estimate's
+    # runs as cost.num_devices processes (LAUNCHER); the others run as one: estimate's
     # calibration times one device and prices N (pipeline/cost/pricing.py), evaluate is one pass
     distributed: bool = False
     module: str = ""               # its entry point; default pipeline.stages.NAME
@@ -184,7 +187,8 @@ class Stage:
 
     @property
     def all_deps(self) -> tuple[str, ...]:
-        return code_deps(self.entry_point) + self.deps + self.content_deps
+        launcher = (LAUNCHER,) if self.distributed else ()
+        return code_deps(self.entry_point, *launcher) + self.deps + self.content_deps
 
     @property
     def command(self) -> str:

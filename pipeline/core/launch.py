@@ -17,18 +17,10 @@ budget).
 """
 from __future__ import annotations
 
-import os
-import signal
-import sys
 
 # How long the launcher waits for signalled workers to checkpoint before it kills them: a
 # checkpoint of the largest model the catalog plans for takes seconds to a minute on local disk.
 SHUTDOWN_SECONDS = 600
-
-
-def inside_launch() -> bool:
-    """True in a worker started by torchrun or accelerate launch (each sets LOCAL_RANK)."""
-    return "LOCAL_RANK" in os.environ
 
 
 def torchrun_args(processes: int, rendezvous: list[str] | None = None) -> list[str]:
@@ -36,6 +28,20 @@ def torchrun_args(processes: int, rendezvous: list[str] | None = None) -> list[s
     or (`rendezvous`: torchrun's --nnodes/--rdzv-* arguments) with other machines."""
     return [*(rendezvous or ["--standalone"]), "--nproc_per_node", str(processes),
             "--shutdown-timeout", str(SHUTDOWN_SECONDS), "-m", "pipeline"]
+
+
+def launch(num_devices: int, argv: list[str]) -> int | None:
+    """`python -m pipeline ARGV` as num_devices processes, spread over the nodes of a SLURM job that
+    holds several (pipeline/core/multinode.py), and their exit code; None when the run is this one
+    process, which then runs the stage itself."""
+    from pipeline.core import multinode   # which runs its nodes' shares through run_as_processes
+
+    nodes = multinode.allocated_nodes()
+    if nodes > 1:
+        return multinode.run_on_nodes(num_devices, nodes, argv)
+    if num_devices > 1:
+        return run_as_processes(num_devices, argv)
+    return None
 
 
 def run_as_processes(processes: int, argv: list[str], rendezvous: list[str] | None = None) -> int:
@@ -59,18 +65,3 @@ def run_as_processes(processes: int, argv: list[str], rendezvous: list[str] | No
 def worker_exit_code(code: int) -> int:
     """A worker's exit code as a shell reports it: killed by signal S (Popen's -S) is 128 + S."""
     return 128 + -code if code < 0 else code
-
-
-def stop_with_driver() -> None:
-    """Under `dvc repro` (which sets DVC_STAGE), a SIGTERM when DVC ends: a SIGTERM to dvc's PID
-    kills it at once (it handles no SIGTERM, dvc/stage/run.py) and would leave train running
-    unwatched; this way train checkpoints at the step and exits 143. The stage is dvc's child
-    (`$SHELL -c CMD` runs a single command in place). Linux only (prctl PR_SET_PDEATHSIG)."""
-    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1   # <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() == 1:   # dvc ended before the request was made
-        os.kill(os.getpid(), signal.SIGTERM)
