@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core import console
-from pipeline.core.driver import inside_launch, stop_with_driver
+from pipeline.core.driver import first_process, inside_launch, stop_with_driver
 from pipeline.core.errors import PipelineError, unwritable
 
 TOOLS = {
@@ -91,7 +91,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         run_stage(args.command, params)
         return 0
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if first_process() or not exc.every_process:
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         error = unwritable(exc, params.section("paths") if params else {})

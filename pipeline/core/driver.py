@@ -12,6 +12,11 @@ def inside_launch() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def first_process() -> bool:
+    """This process alone, or rank 0 of a launch (torchrun sets RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def stop_with_driver() -> None:
     """Under `dvc repro` (which sets DVC_STAGE), a SIGTERM when DVC ends: a SIGTERM to dvc's PID
     kills it at once (it handles no SIGTERM, dvc/stage/run.py) and would leave train running

@@ -11,6 +11,9 @@ class PipelineError(Exception):
     """Bad input or a refused run. The message names the file or params key and what to do."""
 
     exit_code = 2
+    # raised alike by every process of a launch (they agreed on it in the step's all-reduce): only
+    # the first says it
+    every_process = False
 
 
 class BudgetExceeded(PipelineError):

@@ -24,6 +24,8 @@ SAME_SIGNAL_SECONDS = 2.0
 class TrainingInterrupted(PipelineError):
     """SIGTERM/SIGINT: the step finished and a checkpoint was written; rerun to resume."""
 
+    every_process = True
+
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
