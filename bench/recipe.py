@@ -47,6 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "recipe"
 FILES = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
 TEXT_BYTES = 24_000_000
+MAN_BYTES = 8_000_000         # --data man: the sweep's second corpus (bench/lr_sweep.py)
+HELDOUT = ["heldout-az", "heldout-tr", "heldout-de"]   # bench/heldout.py's corpora: measured on, never tuned on
+HELDOUT_VAL_FRACTION = 0.1     # their documents are few (Azerbaijani: ~110): a val split of some size
 EVAL_EVERY = 10
 EVAL_WINDOWS = 32                 # 8,192 val tokens per periodic evaluation
 
@@ -87,12 +90,17 @@ def prepare(data: str) -> Path:
         from pipeline.registry import run_stage
 
         corpus = base / "corpus"
+        held_out = data.startswith("heldout-")
         p = params.load(FILES, [f"paths.corpus={corpus}", f"paths.tokenizer={base / 'tokenizer'}",
-                                f"paths.tokens={base / 'tokens'}", f"paths.reports={base / 'reports'}"])
+                                f"paths.tokens={base / 'tokens'}", f"paths.reports={base / 'reports'}",
+                                *([f"data.val_fraction={HELDOUT_VAL_FRACTION}"] if held_out else [])])
         if data == "demo":
             demo_corpus.write(corpus, demo_corpus.generate())
+        elif held_out:
+            corpus.mkdir(parents=True, exist_ok=True)
+            (corpus / "text.txt").write_bytes(_bench_module("heldout").build(data.removeprefix("heldout-")).read_bytes())
         else:
-            _write_text(corpus)
+            _write_text(corpus, man_pages_only=data == "man")
         run_stage("tokenize", p)
     return base
 
@@ -105,16 +113,23 @@ def _bench_module(name: str):
     return module
 
 
-def _write_text(corpus: Path) -> None:
+def _man_pages():
+    """English manual pages (sections 1-8), roff source, sorted: text no catalog of bench/heldout.py holds."""
+    source = _bench_module("bench_tokenize")
+    for page in sorted(Path("/usr/share/man").glob("man[1-8]/*.gz")):
+        yield source._text(page)
+
+
+def _write_text(corpus: Path, man_pages_only: bool = False) -> None:
     source = _bench_module("bench_tokenize")
     corpus.mkdir(parents=True, exist_ok=True)
     docs, size = [], 0
-    for text in source._documents():
+    for text in (_man_pages() if man_pages_only else source._documents()):
         data = text.strip().encode("utf-8", "replace")
         if data:
             docs.append(data)
             size += len(data) + 2
-        if size >= TEXT_BYTES:
+        if size >= (MAN_BYTES if man_pages_only else TEXT_BYTES):
             break
     (corpus / "text.txt").write_bytes(b"\n\n".join(docs) + b"\n")
 
@@ -433,7 +448,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs="?", choices=["sweep", "final", "table", "ablate", "steptime", "nanogpt"])
     parser.add_argument("--nanogpt", type=Path, help="nanogpt: a nanoGPT checkout (train.py, model.py, configurator.py)")
-    parser.add_argument("--data", choices=["demo", "text"], default="demo")
+    parser.add_argument("--data", choices=["demo", "text", "man", *HELDOUT], default="demo")
     parser.add_argument("--seeds", default="1,2,3", help="final runs' seeds (the sweep and ablations use 0)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--size", choices=list(SIZES), default="demo", help="the model size (see SIZES)")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.core.errors import PipelineError
 
@@ -44,6 +45,25 @@ Int = Annotated[int, _NOT_A_BOOLEAN]
 Float = Annotated[float, _NOT_A_BOOLEAN]
 OptionalInt = Annotated[int | None, _NOT_A_BOOLEAN]
 OptionalFloat = Annotated[float | None, _NOT_A_BOOLEAN]
+AutoOrPositive = Annotated[Literal["auto"] | Annotated[float, Field(gt=0)], _NOT_A_BOOLEAN]
+
+
+# train.lr: auto. AdamW's learning rate falls inversely with the model's width, as muP prescribes
+# for Adam on hidden weights (Yang et al. 2022, "Tensor Programs V", arXiv:2203.03466, Table 3:
+# lr ~ 1/fan_in), anchored at GPT-2 small's 6e-4 for 768 wide (nanoGPT's default for GPT-2 124M).
+# One rule for both optimizers: AdamW's groups under muon, every parameter under adamw. Measured
+# against swept optima at several widths and depths: bench/lr_sweep.py, bench/README.md.
+LR_REFERENCE = 6e-4
+LR_REFERENCE_WIDTH = 768
+
+
+def auto_lr(n_embd: int) -> float:
+    """train.lr: auto at model.n_embd = n_embd."""
+    return LR_REFERENCE * LR_REFERENCE_WIDTH / n_embd
+
+
+def auto_lr_reason(n_embd: int) -> str:
+    return f"{auto_lr(n_embd):.3g} = {LR_REFERENCE:g} x {LR_REFERENCE_WIDTH}/{n_embd} (inverse in model.n_embd, as muP)"
 
 
 def architecture_names() -> tuple[str, ...]:
@@ -180,7 +200,7 @@ class Train(Section):
     device: Literal["auto", "cpu", "cuda"]
     seed: Int
     optimizer: Literal["adamw", "muon"] = "adamw"
-    lr: Float = Positive
+    lr: AutoOrPositive          # "auto": auto_lr(model.n_embd), resolved by load (Params.resolved)
     min_lr: Float = NonNegative
     muon_lr: Float = Field(default=0.02, gt=0)
     muon_momentum: Float = Field(default=0.95, ge=0, lt=1)
@@ -209,7 +229,7 @@ class Train(Section):
     def _consistent(self) -> Train:
         if isinstance(self.micro_batch_size, int) and self.micro_batch_size < 1:
             raise ValueError("micro_batch_size must be 'auto' or a positive number")
-        if self.min_lr > self.lr:
+        if self.lr != "auto" and self.min_lr > self.lr:  # auto: checked once resolved (Params.resolved)
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self
 
@@ -232,6 +252,25 @@ class Params(Section):
     cost: Cost
     train: Train
     evaluate: Evaluate
+    _auto: dict[str, str] = PrivateAttr(default_factory=dict)   # key -> the value `auto` became, and why
+
+    def resolved(self) -> Params:
+        """These params with every `auto` that depends on another section replaced by its value:
+        what every stage, the run's identity and its records see (load returns this)."""
+        if self.train.lr != "auto":
+            return self
+        lr, width = auto_lr(self.model.n_embd), self.model.n_embd
+        if self.train.min_lr > lr:
+            raise PipelineError(f"train.min_lr ({self.train.min_lr:g}) exceeds train.lr auto ({lr:.3g} at model.n_embd "
+                                f"{width}): lower train.min_lr, or set train.lr to a number")
+        out = self.model_copy(update={"train": self.train.model_copy(update={"lr": lr})})
+        out._auto = {**self._auto, "train.lr": auto_lr_reason(width)}
+        return out
+
+    def auto_notes(self) -> list[str]:
+        """One line per value `auto` chose, for the stages that use it to print:
+        "train.lr auto: 0.0018 = 0.0006 x 768/256 (...)"."""
+        return [f"{key} auto: {why}" for key, why in self._auto.items()]
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain JSON-able data (for manifests and rerun triggers)."""
@@ -272,7 +311,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any], source: str = "params") -> Params:
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as exc:
         problems = _describe(exc)
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -280,6 +319,7 @@ def from_dict(data: dict[str, Any], source: str = "params") -> Params:
             f"{len(problems)} problem(s) in {source}:\n{lines}\n"
             "Fix these keys (see the comments in params.yaml)."
         ) from None
+    return params.resolved()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -419,4 +459,5 @@ def _describe(exc: ValidationError) -> list[str]:
 
 
 def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and (part in {"int", "bool", "float", "str", "none"} or "[" in part)
+    return isinstance(part, str) and (part in {"int", "bool", "float", "str", "none"} or "[" in part
+                                      or part.startswith("constrained-"))
