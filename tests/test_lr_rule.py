@@ -15,6 +15,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.engine.identity import identity
 from pipeline.engine.step import optimizer_for
 from pipeline.model.build import build_model
+from pipeline.registry import run_stage
+from trainkit import cli, report, run_cli, tiny_params
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
@@ -93,3 +95,15 @@ def test_the_cli_refuses_a_bad_lr_with_exit_2_and_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert "train.min_lr (0.01) exceeds train.lr auto (0.0018 at model.n_embd 256)" in done.stderr
+
+
+def test_train_prints_and_records_the_auto_lr_and_resumes_as_the_same_run(demo_tokens, tmp_path):
+    """End to end: the train stage's CLI says which lr auto chose and why, train.json records the
+    number, and the same number written out resumes that run's checkpoint (the identity is the value)."""
+    done = run_cli(cli(demo_tokens, tmp_path, "train.lr=auto", "train.max_steps=2", "train.checkpoint_every=2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train.lr auto: 0.0072 = 0.0006 x 768/64 (inverse in model.n_embd, as muP)" in done.stdout
+    assert report(tmp_path)["params"]["train"]["lr"] == pytest.approx(7.2e-3)
+    resumed = run_stage("train", tiny_params(demo_tokens, tmp_path, f"train.lr={6e-4 * 768 / 64!r}",
+                                             "train.max_steps=4", "train.checkpoint_every=2")).as_dict()
+    assert (resumed["resumed_from"], resumed["steps"]) == ("step-000002", 4)
