@@ -51,8 +51,8 @@ AutoOrPositive = Annotated[Literal["auto"] | Annotated[float, Field(gt=0)], _NOT
 # train.lr: auto. AdamW's learning rate falls inversely with the model's width, as muP prescribes
 # for Adam on hidden weights (Yang et al. 2022, "Tensor Programs V", arXiv:2203.03466, Table 3:
 # lr ~ 1/fan_in), anchored at GPT-2 small's 6e-4 for 768 wide (nanoGPT's default for GPT-2 124M).
-# One rule for both optimizers: AdamW's groups under muon, every parameter under adamw. Measured
-# against swept optima at several widths and depths: bench/lr_sweep.py, bench/README.md.
+# One rule for both optimizers: AdamW's groups under muon, every parameter under adamw. How it fits
+# swept optima (bench/lr_sweep.py): bench/README.md, "Learning rates that follow the width".
 LR_REFERENCE = 6e-4
 LR_REFERENCE_WIDTH = 768
 
