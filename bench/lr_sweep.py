@@ -1,5 +1,5 @@
 """Does `train.lr: auto` hold across shapes? A learning-rate sweep at several widths and depths on
-two corpora, around the rule's own value (pipeline.core.params.auto_lr).
+two corpora, around the rule's own value (pipeline.core.params.auto_lr: one rule per optimizer).
 
     nice -n 19 .venv/bin/python bench/lr_sweep.py run [--stage 1]   # appends to bench/results/lr_sweep.jsonl
     .venv/bin/python bench/lr_sweep.py table                       # the table in bench/README.md
@@ -43,6 +43,11 @@ STAGES = {1: [("demo", "qwen3+muon", 4)], 2: [("man", "qwen3+muon", 4)],
           3: [("demo", "qwen3+muon", 2), ("man", "qwen3+muon", 2)], 4: [("demo", "gpt2+adamw", 4)]}
 
 
+def rule_lr(recipe: str, width: int) -> float:
+    """train.lr: auto for a recipe ("qwen3+muon": its optimizer is muon) at this width."""
+    return auto_lr(recipe.split("+")[1], width)[0]
+
+
 def load() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.is_file() else []
 
@@ -59,13 +64,14 @@ def point(data: str, recipe: str, layers: int, width: int, lr: float) -> dict:
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{data} {recipe} {layers}x{width} lr {lr:g} failed:\n{done.stderr[-3000:]}")
-    result = {"data": data, "recipe": recipe, "n_layer": layers, "n_embd": width, "lr": lr, "rule_lr": auto_lr(width),
+    result = {"data": data, "recipe": recipe, "n_layer": layers, "n_embd": width, "lr": lr,
+              "rule_lr": rule_lr(recipe, width),
               **json.loads(line.removeprefix("RESULT ")), "total_s": time.perf_counter() - started,
               "steps": STEPS, "tokens_per_step": TOKENS_PER_STEP}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as fh:
         fh.write(json.dumps(result) + "\n")
-    print(f"{data} {recipe} {layers}x{width} lr {lr:.3g} (rule {auto_lr(width):.3g}): val {result['val_loss']:.4f}, "
+    print(f"{data} {recipe} {layers}x{width} lr {lr:.3g} (rule {rule_lr(recipe, width):.3g}): val {result['val_loss']:.4f}, "
           f"{result['total_s']:.0f} s", flush=True)
     return result
 
@@ -110,7 +116,7 @@ def _recipe():
 
 def sweep_setting(data: str, recipe: str, layers: int, width: int) -> None:
     """The rule's value x FACTORS, then one more factor of 2 past whichever edge is best."""
-    rule = auto_lr(width)
+    rule = rule_lr(recipe, width)
     factors = list(FACTORS)
     for f in factors:
         point(data, recipe, layers, width, rule * f)
@@ -128,17 +134,19 @@ def sweep_setting(data: str, recipe: str, layers: int, width: int) -> None:
 
 def table() -> str:
     """Per setting: the swept optimum (a parabola through the best point and its neighbours in log
-    lr), the rule's lr, their ratio, and the loss at the rule's lr against the best swept loss."""
+    lr), the rule's lr, their ratio, and the loss at the swept lr nearest the rule's (within 10%)
+    against the best swept loss."""
     runs = load()
     settings = sorted({(r["data"], r["recipe"], r["n_layer"], r["n_embd"]) for r in runs})
     lines = ["| corpus | recipe | layers x width | lr: val loss (64 windows) | best swept lr | fitted optimum | "
-             "rule lr | rule / optimum | loss at rule vs best |", "|" + " --- |" * 9]
+             "rule lr | rule / optimum | loss near rule vs best |", "|" + " --- |" * 9]
     for key in settings:
         pts = sorted((r["lr"], r["val_loss"]) for r in runs if (r["data"], r["recipe"], r["n_layer"], r["n_embd"]) == key)
-        rule = auto_lr(key[3])
+        rule = rule_lr(key[1], key[3])
         best_i = min(range(len(pts)), key=lambda i: pts[i][1])
         fitted = _vertex(pts, best_i)
-        at_rule = next((v for lr, v in pts if math.isclose(lr, rule, rel_tol=1e-6)), None)
+        near = min(pts, key=lambda p: abs(math.log(p[0] / rule)))
+        at_rule = near[1] if abs(math.log(near[0] / rule)) < math.log(1.1) else None
         gap = f"{(at_rule / pts[best_i][1] - 1) * 100:+.2f}%" if at_rule else "-"
         cells = ", ".join(f"{'**' if i == best_i else ''}{lr:.3g}: {v:.4f}{'**' if i == best_i else ''}"
                           for i, (lr, v) in enumerate(pts))

@@ -46,24 +46,30 @@ Float = Annotated[float, _NOT_A_BOOLEAN]
 OptionalInt = Annotated[int | None, _NOT_A_BOOLEAN]
 OptionalFloat = Annotated[float | None, _NOT_A_BOOLEAN]
 AutoOrPositive = Annotated[Literal["auto"] | Annotated[float, Field(gt=0)], _NOT_A_BOOLEAN]
+AutoOrNonNegative = Annotated[Literal["auto"] | Annotated[float, Field(ge=0)], _NOT_A_BOOLEAN]
 
 
-# train.lr: auto. AdamW's learning rate falls inversely with the model's width, as muP prescribes
-# for Adam on hidden weights (Yang et al. 2022, "Tensor Programs V", arXiv:2203.03466, Table 3:
-# lr ~ 1/fan_in), anchored at GPT-2 small's 6e-4 for 768 wide (nanoGPT's default for GPT-2 124M).
-# One rule for both optimizers: AdamW's groups under muon, every parameter under adamw. How it fits
-# swept optima (bench/lr_sweep.py): bench/README.md, "Learning rates that follow the width".
-LR_REFERENCE = 6e-4
-LR_REFERENCE_WIDTH = 768
+# train.lr: auto. AdamW's peak lr from what AdamW trains and the model's width, each rule measured by
+# bench/lr_sweep.py (bench/README.md, "Learning rates that follow the shape"):
+# - adamw (every parameter): muP's inverse width for Adam on hidden weights (Yang et al. 2022,
+#   "Tensor Programs V", arXiv:2203.03466, Table 3), anchored at GPT-2 small's 6e-4 for 768 wide
+#   (nanoGPT's), capped at 2e-3: at 128-256 wide the embeddings and head hold most of the weights
+#   and the swept optimum stays near 1.8e-3 instead of rising as 1/width.
+# - muon (AdamW trains only the embeddings, tied head, norms and biases; Muon the matrices, at
+#   train.muon_lr): one lr at every width, as muP gives embeddings, and as the sweep found (the
+#   optimum at 0.03-0.06 from 128 to 512 wide on two corpora).
+ADAMW_LR_AT_768, ADAMW_LR_CAP = 6e-4, 2e-3
+MUON_ADAMW_LR = 0.03
+MIN_LR_FRACTION = 0.1   # train.min_lr: auto, a tenth of the peak (nanoGPT's; Hoffmann et al. 2022)
 
 
-def auto_lr(n_embd: int) -> float:
-    """train.lr: auto at model.n_embd = n_embd."""
-    return LR_REFERENCE * LR_REFERENCE_WIDTH / n_embd
-
-
-def auto_lr_reason(n_embd: int) -> str:
-    return f"{auto_lr(n_embd):.3g} = {LR_REFERENCE:g} x {LR_REFERENCE_WIDTH}/{n_embd} (inverse in model.n_embd, as muP)"
+def auto_lr(optimizer: str, n_embd: int) -> tuple[float, str]:
+    """train.lr: auto for this optimizer at model.n_embd = n_embd, and why (printed by the stages)."""
+    if optimizer == "muon":
+        return MUON_ADAMW_LR, (f"{MUON_ADAMW_LR:g} at any width (train.optimizer muon: AdamW's groups are the "
+                               "embeddings, head, norms and biases)")
+    lr = min(ADAMW_LR_CAP, ADAMW_LR_AT_768 * 768 / n_embd)
+    return lr, f"{lr:.3g} = min({ADAMW_LR_CAP:g}, {ADAMW_LR_AT_768:g} x 768/{n_embd}) (train.optimizer adamw)"
 
 
 def architecture_names() -> tuple[str, ...]:
@@ -200,8 +206,8 @@ class Train(Section):
     device: Literal["auto", "cpu", "cuda"]
     seed: Int
     optimizer: Literal["adamw", "muon"] = "adamw"
-    lr: AutoOrPositive          # "auto": auto_lr(model.n_embd), resolved by load (Params.resolved)
-    min_lr: Float = NonNegative
+    lr: AutoOrPositive          # auto: auto_lr(optimizer, model.n_embd), resolved by load (Params.resolved)
+    min_lr: AutoOrNonNegative   # auto: lr x MIN_LR_FRACTION, resolved likewise
     muon_lr: Float = Field(default=0.02, gt=0)
     muon_momentum: Float = Field(default=0.95, ge=0, lt=1)
     muon_weight_decay: Float = Field(default=0.01, ge=0)
@@ -229,7 +235,7 @@ class Train(Section):
     def _consistent(self) -> Train:
         if isinstance(self.micro_batch_size, int) and self.micro_batch_size < 1:
             raise ValueError("micro_batch_size must be 'auto' or a positive number")
-        if self.lr != "auto" and self.min_lr > self.lr:  # auto: checked once resolved (Params.resolved)
+        if "auto" not in (self.lr, self.min_lr) and self.min_lr > self.lr:  # else checked once resolved
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self
 
@@ -255,21 +261,28 @@ class Params(Section):
     _auto: dict[str, str] = PrivateAttr(default_factory=dict)   # key -> the value `auto` became, and why
 
     def resolved(self) -> Params:
-        """These params with every `auto` that depends on another section replaced by its value:
-        what every stage, the run's identity and its records see (load returns this)."""
-        if self.train.lr != "auto":
+        """These params with every `auto` that depends on another value replaced by its value: what
+        every stage, the run's identity and its records see (load returns this)."""
+        train, notes = self.train, dict(self._auto)
+        if train.lr == "auto":
+            lr, notes["train.lr"] = auto_lr(train.optimizer, self.model.n_embd)
+            train = train.model_copy(update={"lr": lr})
+            if train.min_lr != "auto" and train.min_lr > lr:
+                raise PipelineError(f"train.min_lr ({train.min_lr:g}) exceeds train.lr auto ({lr:.3g} with "
+                                    f"train.optimizer {train.optimizer} at model.n_embd {self.model.n_embd}): "
+                                    "lower train.min_lr or set it to auto, or set train.lr to a number")
+        if train.min_lr == "auto":
+            train = train.model_copy(update={"min_lr": train.lr * MIN_LR_FRACTION})
+            notes["train.min_lr"] = f"{train.min_lr:.3g} = train.lr x {MIN_LR_FRACTION:g}"
+        if train is self.train:
             return self
-        lr, width = auto_lr(self.model.n_embd), self.model.n_embd
-        if self.train.min_lr > lr:
-            raise PipelineError(f"train.min_lr ({self.train.min_lr:g}) exceeds train.lr auto ({lr:.3g} at model.n_embd "
-                                f"{width}): lower train.min_lr, or set train.lr to a number")
-        out = self.model_copy(update={"train": self.train.model_copy(update={"lr": lr})})
-        out._auto = {**self._auto, "train.lr": auto_lr_reason(width)}
+        out = self.model_copy(update={"train": train})
+        out._auto = notes
         return out
 
     def auto_notes(self) -> list[str]:
         """One line per value `auto` chose, for the stages that use it to print:
-        "train.lr auto: 0.0018 = 0.0006 x 768/256 (...)"."""
+        "train.lr auto: 0.03 at any width (...)"."""
         return [f"{key} auto: {why}" for key, why in self._auto.items()]
 
     def section(self, name: str) -> dict[str, Any]:
