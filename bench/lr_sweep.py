@@ -1,5 +1,5 @@
 """Does `train.lr: auto` hold across shapes? A learning-rate sweep at several widths and depths on
-two corpora, around the rule's own value (pipeline.core.params.auto_lr: one rule per optimizer).
+two corpora, around the rule's own value (pipeline.core.params.auto_lr).
 
     nice -n 19 .venv/bin/python bench/lr_sweep.py run [--stage 1]   # appends to bench/results/lr_sweep.jsonl
     .venv/bin/python bench/lr_sweep.py table                       # the table in bench/README.md
@@ -43,9 +43,9 @@ STAGES = {1: [("demo", "qwen3+muon", 4)], 2: [("man", "qwen3+muon", 4)],
           3: [("demo", "qwen3+muon", 2), ("man", "qwen3+muon", 2)], 4: [("demo", "gpt2+adamw", 4)]}
 
 
-def rule_lr(recipe: str, width: int) -> float:
-    """train.lr: auto for a recipe ("qwen3+muon": its optimizer is muon) at this width."""
-    return auto_lr(recipe.split("+")[1], width)[0]
+def rule_lr(width: int) -> float:
+    """train.lr: auto at this width (the same rule for both recipes)."""
+    return auto_lr(width)[0]
 
 
 def load() -> list[dict]:
@@ -65,13 +65,13 @@ def point(data: str, recipe: str, layers: int, width: int, lr: float) -> dict:
     if line is None:
         raise RuntimeError(f"{data} {recipe} {layers}x{width} lr {lr:g} failed:\n{done.stderr[-3000:]}")
     result = {"data": data, "recipe": recipe, "n_layer": layers, "n_embd": width, "lr": lr,
-              "rule_lr": rule_lr(recipe, width),
+              "rule_lr": rule_lr(width),
               **json.loads(line.removeprefix("RESULT ")), "total_s": time.perf_counter() - started,
               "steps": STEPS, "tokens_per_step": TOKENS_PER_STEP}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as fh:
         fh.write(json.dumps(result) + "\n")
-    print(f"{data} {recipe} {layers}x{width} lr {lr:.3g} (rule {rule_lr(recipe, width):.3g}): val {result['val_loss']:.4f}, "
+    print(f"{data} {recipe} {layers}x{width} lr {lr:.3g} (rule {rule_lr(width):.3g}): val {result['val_loss']:.4f}, "
           f"{result['total_s']:.0f} s", flush=True)
     return result
 
@@ -116,7 +116,7 @@ def _recipe():
 
 def sweep_setting(data: str, recipe: str, layers: int, width: int) -> None:
     """The rule's value x FACTORS, then one more factor of 2 past whichever edge is best."""
-    rule = rule_lr(recipe, width)
+    rule = rule_lr(width)
     factors = list(FACTORS)
     for f in factors:
         point(data, recipe, layers, width, rule * f)
@@ -142,7 +142,7 @@ def table() -> str:
              "rule lr | rule / optimum | loss near rule vs best |", "|" + " --- |" * 9]
     for key in settings:
         pts = sorted((r["lr"], r["val_loss"]) for r in runs if (r["data"], r["recipe"], r["n_layer"], r["n_embd"]) == key)
-        rule = rule_lr(key[1], key[3])
+        rule = rule_lr(key[3])
         best_i = min(range(len(pts)), key=lambda i: pts[i][1])
         fitted = _vertex(pts, best_i)
         near = min(pts, key=lambda p: abs(math.log(p[0] / rule)))

@@ -1,6 +1,7 @@
-"""train.lr: auto, AdamW's learning rate from the model's width (pipeline/core/params.py auto_lr):
-resolved once by load, so the optimizer, the run's identity, the records and the printed line all
-see the same number; a number still overrides; bad values are one line naming the key."""
+"""train.lr: auto, AdamW's learning rate from the model's width for either optimizer, and train.min_lr:
+auto, a tenth of it (pipeline/core/params.py auto_lr): resolved once by load, so the optimizer, the
+run's identity, the records and the printed lines all see the same numbers; a number still
+overrides; bad values are one line naming the key."""
 from __future__ import annotations
 
 import subprocess
@@ -22,23 +23,28 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
 
 
-def test_the_shipped_default_is_auto_and_the_demo_carries_no_lr_of_its_own():
-    assert P.merge_files([ROOT / "params.yaml"])["train"]["lr"] == "auto"
-    assert "lr" not in P.merge_files([ROOT / "params" / "demo.yaml"])["train"]
+def test_the_shipped_defaults_are_auto_and_the_demo_carries_no_lr_of_its_own():
+    shipped = P.merge_files([ROOT / "params.yaml"])["train"]
+    assert (shipped["lr"], shipped["min_lr"]) == ("auto", "auto")
+    assert not {"lr", "min_lr"} & set(P.merge_files([ROOT / "params" / "demo.yaml"])["train"])
 
 
-@pytest.mark.parametrize("width, expected", [(768, 6e-4), (256, 1.8e-3), (128, 3.6e-3), (1024, 4.5e-4)])
-def test_auto_lr_is_inverse_in_width_from_gpt2_smalls(width, expected):
-    params = P.load(FILES, [f"model.n_embd={width}", "model.n_head=4"])
+@pytest.mark.parametrize("width, expected", [(768, 6e-4), (1024, 4.5e-4), (384, 1.2e-3), (256, 1.8e-3), (128, 2e-3)])
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_auto_lr_is_inverse_in_width_from_gpt2_smalls_up_to_a_cap(width, expected, optimizer):
+    params = P.load(FILES, [f"model.n_embd={width}", "model.n_head=4", f"train.optimizer={optimizer}"])
     assert params.train.lr == pytest.approx(expected, rel=1e-12)
+    assert params.train.min_lr == pytest.approx(expected / 10, rel=1e-12)
     assert params.section("train")["lr"] == pytest.approx(expected)   # what train.json's params record
-    assert params.auto_notes() == [f"train.lr auto: {expected:.3g} = 0.0006 x 768/{width} "
-                                   "(inverse in model.n_embd, as muP)"]
+    assert params.auto_notes() == [f"train.lr auto: {expected:.3g} = min(0.002, 0.0006 x 768/{width})",
+                                   f"train.min_lr auto: {expected / 10:.3g} = train.lr x 0.1"]
 
 
 def test_a_number_overrides_and_then_nothing_is_said_about_auto():
-    params = P.load(FILES, ["train.lr=0.001"])
-    assert params.train.lr == 0.001 and params.auto_notes() == []
+    params = P.load(FILES, ["train.lr=0.001", "train.min_lr=0"])
+    assert (params.train.lr, params.train.min_lr) == (0.001, 0) and params.auto_notes() == []
+    floor_only = P.load(FILES, ["train.lr=0.001"])   # min_lr auto follows the number
+    assert floor_only.train.min_lr == pytest.approx(1e-4) and len(floor_only.auto_notes()) == 1
 
 
 def test_copies_keep_the_note():
@@ -72,7 +78,7 @@ def test_the_optimizers_adamw_groups_get_the_resolved_lr(architecture, optimizer
     model = build_model(params.model, 64, 0)
     groups = optimizer_for(model, params.train).param_groups
     adamw = [g for g in groups if "betas" in g]
-    assert adamw and all(g["lr"] == pytest.approx(6e-4 * 768 / 64) for g in adamw)
+    assert adamw and all(g["lr"] == pytest.approx(2e-3) for g in adamw)
     if optimizer == "muon":   # Muon's matrices keep their own lr
         assert {g["lr"] for g in groups if "betas" not in g} == {params.train.muon_lr}
 
@@ -100,10 +106,12 @@ def test_the_cli_refuses_a_bad_lr_with_exit_2_and_one_line(tmp_path):
 def test_train_prints_and_records_the_auto_lr_and_resumes_as_the_same_run(demo_tokens, tmp_path):
     """End to end: the train stage's CLI says which lr auto chose and why, train.json records the
     number, and the same number written out resumes that run's checkpoint (the identity is the value)."""
-    done = run_cli(cli(demo_tokens, tmp_path, "train.lr=auto", "train.max_steps=2", "train.checkpoint_every=2"))
+    done = run_cli(cli(demo_tokens, tmp_path, "train.lr=auto", "train.min_lr=auto", "train.max_steps=2",
+                       "train.checkpoint_every=2"))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "train.lr auto: 0.0072 = 0.0006 x 768/64 (inverse in model.n_embd, as muP)" in done.stdout
-    assert report(tmp_path)["params"]["train"]["lr"] == pytest.approx(7.2e-3)
-    resumed = run_stage("train", tiny_params(demo_tokens, tmp_path, f"train.lr={6e-4 * 768 / 64!r}",
+    assert "train.lr auto: 0.002 = min(0.002, 0.0006 x 768/64)" in done.stdout
+    assert "train.min_lr auto: 0.0002 = train.lr x 0.1" in done.stdout
+    assert report(tmp_path)["params"]["train"]["lr"] == pytest.approx(2e-3)
+    resumed = run_stage("train", tiny_params(demo_tokens, tmp_path, "train.lr=0.002", "train.min_lr=0.0002",
                                              "train.max_steps=4", "train.checkpoint_every=2")).as_dict()
     assert (resumed["resumed_from"], resumed["steps"]) == ("step-000002", 4)

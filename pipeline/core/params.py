@@ -49,27 +49,21 @@ AutoOrPositive = Annotated[Literal["auto"] | Annotated[float, Field(gt=0)], _NOT
 AutoOrNonNegative = Annotated[Literal["auto"] | Annotated[float, Field(ge=0)], _NOT_A_BOOLEAN]
 
 
-# train.lr: auto. AdamW's peak lr from what AdamW trains and the model's width, each rule measured by
-# bench/lr_sweep.py (bench/README.md, "Learning rates that follow the shape"):
-# - adamw (every parameter): muP's inverse width for Adam on hidden weights (Yang et al. 2022,
-#   "Tensor Programs V", arXiv:2203.03466, Table 3), anchored at GPT-2 small's 6e-4 for 768 wide
-#   (nanoGPT's), capped at 2e-3: at 128-256 wide the embeddings and head hold most of the weights
-#   and the swept optimum stays near 1.8e-3 instead of rising as 1/width.
-# - muon (AdamW trains only the embeddings, tied head, norms and biases; Muon the matrices, at
-#   train.muon_lr): one lr at every width, as muP gives embeddings, and as the sweep found (the
-#   optimum at 0.03-0.06 from 128 to 512 wide on two corpora).
-ADAMW_LR_AT_768, ADAMW_LR_CAP = 6e-4, 2e-3
-MUON_ADAMW_LR = 0.03
+# train.lr: auto. AdamW's peak lr from the model's width, for both optimizers (under muon AdamW
+# trains the embeddings, tied head, norms and biases; Muon the matrices, at train.muon_lr): muP's
+# inverse width for Adam (Yang et al. 2022, "Tensor Programs V", arXiv:2203.03466, Table 3),
+# anchored at GPT-2 small's 6e-4 for 768 wide (nanoGPT's), capped at 2e-3, where bench/lr_sweep.py
+# found AdamW's optimum at 128-256 wide. Muon's AdamW groups score best far higher (0.03-0.06) on
+# large corpora, but at 0.03 a small corpus seen many times diverged from its best loss within the
+# run: bench/README.md, "Learning rates that follow the width".
+LR_AT_768, LR_CAP = 6e-4, 2e-3
 MIN_LR_FRACTION = 0.1   # train.min_lr: auto, a tenth of the peak (nanoGPT's; Hoffmann et al. 2022)
 
 
-def auto_lr(optimizer: str, n_embd: int) -> tuple[float, str]:
-    """train.lr: auto for this optimizer at model.n_embd = n_embd, and why (printed by the stages)."""
-    if optimizer == "muon":
-        return MUON_ADAMW_LR, (f"{MUON_ADAMW_LR:g} at any width (train.optimizer muon: AdamW's groups are the "
-                               "embeddings, head, norms and biases)")
-    lr = min(ADAMW_LR_CAP, ADAMW_LR_AT_768 * 768 / n_embd)
-    return lr, f"{lr:.3g} = min({ADAMW_LR_CAP:g}, {ADAMW_LR_AT_768:g} x 768/{n_embd}) (train.optimizer adamw)"
+def auto_lr(n_embd: int) -> tuple[float, str]:
+    """train.lr: auto at model.n_embd = n_embd, and why (printed by the stages)."""
+    lr = min(LR_CAP, LR_AT_768 * 768 / n_embd)
+    return lr, f"{lr:.3g} = min({LR_CAP:g}, {LR_AT_768:g} x 768/{n_embd})"
 
 
 def architecture_names() -> tuple[str, ...]:
@@ -206,7 +200,7 @@ class Train(Section):
     device: Literal["auto", "cpu", "cuda"]
     seed: Int
     optimizer: Literal["adamw", "muon"] = "adamw"
-    lr: AutoOrPositive          # auto: auto_lr(optimizer, model.n_embd), resolved by load (Params.resolved)
+    lr: AutoOrPositive          # auto: auto_lr(model.n_embd), resolved by load (Params.resolved)
     min_lr: AutoOrNonNegative   # auto: lr x MIN_LR_FRACTION, resolved likewise
     muon_lr: Float = Field(default=0.02, gt=0)
     muon_momentum: Float = Field(default=0.95, ge=0, lt=1)
@@ -265,11 +259,11 @@ class Params(Section):
         every stage, the run's identity and its records see (load returns this)."""
         train, notes = self.train, dict(self._auto)
         if train.lr == "auto":
-            lr, notes["train.lr"] = auto_lr(train.optimizer, self.model.n_embd)
+            lr, notes["train.lr"] = auto_lr(self.model.n_embd)
             train = train.model_copy(update={"lr": lr})
             if train.min_lr != "auto" and train.min_lr > lr:
-                raise PipelineError(f"train.min_lr ({train.min_lr:g}) exceeds train.lr auto ({lr:.3g} with "
-                                    f"train.optimizer {train.optimizer} at model.n_embd {self.model.n_embd}): "
+                raise PipelineError(f"train.min_lr ({train.min_lr:g}) exceeds train.lr auto ({lr:.3g} at "
+                                    f"model.n_embd {self.model.n_embd}): "
                                     "lower train.min_lr or set it to auto, or set train.lr to a number")
         if train.min_lr == "auto":
             train = train.model_copy(update={"min_lr": train.lr * MIN_LR_FRACTION})
@@ -282,7 +276,7 @@ class Params(Section):
 
     def auto_notes(self) -> list[str]:
         """One line per value `auto` chose, for the stages that use it to print:
-        "train.lr auto: 0.03 at any width (...)"."""
+        "train.lr auto: 0.0018 = min(0.002, 0.0006 x 768/256)"."""
         return [f"{key} auto: {why}" for key, why in self._auto.items()]
 
     def section(self, name: str) -> dict[str, Any]:
