@@ -92,6 +92,10 @@ def test_default_experiment_on_t4(tokens, tmp_path, capsys):
         assert f"| {name} | 102,400,000 (1x) |" in markdown and f"| {name} | 1,024,000,000 (10x) |" in markdown
     terminal = capsys.readouterr().out
     assert "estimate: t4-16gb" in terminal and "h100-80gb" in terminal
+    # train.lr and min_lr: auto, resolved at 768 wide: printed with their reasons, recorded as numbers
+    assert "train.lr auto: 0.0006 = min(0.002, 0.0006 x 768/768)" in terminal
+    assert "train.min_lr auto: 6e-05 = train.lr x 0.1" in terminal
+    assert cost["provenance"]["params"]["train"]["lr"] == pytest.approx(6e-4)
 
 
 def test_rtx2050_gets_a_plan_that_fits_in_4gb(tokens, tmp_path):

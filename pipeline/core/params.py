@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.core.errors import PipelineError
 
@@ -44,6 +45,25 @@ Int = Annotated[int, _NOT_A_BOOLEAN]
 Float = Annotated[float, _NOT_A_BOOLEAN]
 OptionalInt = Annotated[int | None, _NOT_A_BOOLEAN]
 OptionalFloat = Annotated[float | None, _NOT_A_BOOLEAN]
+AutoOrPositive = Annotated[Literal["auto"] | Annotated[float, Field(gt=0)], _NOT_A_BOOLEAN]
+AutoOrNonNegative = Annotated[Literal["auto"] | Annotated[float, Field(ge=0)], _NOT_A_BOOLEAN]
+
+
+# train.lr: auto. AdamW's peak lr from the model's width, for both optimizers (under muon AdamW
+# trains the embeddings, tied head, norms and biases; Muon the matrices, at train.muon_lr): muP's
+# inverse width for Adam (Yang et al. 2022, "Tensor Programs V", arXiv:2203.03466, Table 3),
+# anchored at GPT-2 small's 6e-4 for 768 wide (nanoGPT's), capped at 2e-3, where bench/lr_sweep.py
+# found AdamW's optimum at 128-256 wide. Muon's AdamW groups score best far higher (0.03-0.06) on
+# large corpora, but at 0.03 a small corpus seen many times diverged from its best loss within the
+# run: bench/README.md, "Learning rates that follow the width".
+LR_AT_768, LR_CAP = 6e-4, 2e-3
+MIN_LR_FRACTION = 0.1   # train.min_lr: auto, a tenth of the peak (nanoGPT's; Hoffmann et al. 2022)
+
+
+def auto_lr(n_embd: int) -> tuple[float, str]:
+    """train.lr: auto at model.n_embd = n_embd, and why (printed by the stages)."""
+    lr = min(LR_CAP, LR_AT_768 * 768 / n_embd)
+    return lr, f"{lr:.3g} = min({LR_CAP:g}, {LR_AT_768:g} x 768/{n_embd})"
 
 
 def architecture_names() -> tuple[str, ...]:
@@ -180,8 +200,8 @@ class Train(Section):
     device: Literal["auto", "cpu", "cuda"]
     seed: Int
     optimizer: Literal["adamw", "muon"] = "adamw"
-    lr: Float = Positive
-    min_lr: Float = NonNegative
+    lr: AutoOrPositive          # auto: auto_lr(model.n_embd), resolved by load (Params.resolved)
+    min_lr: AutoOrNonNegative   # auto: lr x MIN_LR_FRACTION, resolved likewise
     muon_lr: Float = Field(default=0.02, gt=0)
     muon_momentum: Float = Field(default=0.95, ge=0, lt=1)
     muon_weight_decay: Float = Field(default=0.01, ge=0)
@@ -209,7 +229,7 @@ class Train(Section):
     def _consistent(self) -> Train:
         if isinstance(self.micro_batch_size, int) and self.micro_batch_size < 1:
             raise ValueError("micro_batch_size must be 'auto' or a positive number")
-        if self.min_lr > self.lr:
+        if "auto" not in (self.lr, self.min_lr) and self.min_lr > self.lr:  # else checked once resolved
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self
 
@@ -232,6 +252,32 @@ class Params(Section):
     cost: Cost
     train: Train
     evaluate: Evaluate
+    _auto: dict[str, str] = PrivateAttr(default_factory=dict)   # key -> the value `auto` became, and why
+
+    def resolved(self) -> Params:
+        """These params with every `auto` that depends on another value replaced by its value: what
+        every stage, the run's identity and its records see (load returns this)."""
+        train, notes = self.train, dict(self._auto)
+        if train.lr == "auto":
+            lr, notes["train.lr"] = auto_lr(self.model.n_embd)
+            train = train.model_copy(update={"lr": lr})
+            if train.min_lr != "auto" and train.min_lr > lr:
+                raise PipelineError(f"train.min_lr ({train.min_lr:g}) exceeds train.lr auto ({lr:.3g} at "
+                                    f"model.n_embd {self.model.n_embd}): "
+                                    "lower train.min_lr or set it to auto, or set train.lr to a number")
+        if train.min_lr == "auto":
+            train = train.model_copy(update={"min_lr": train.lr * MIN_LR_FRACTION})
+            notes["train.min_lr"] = f"{train.min_lr:.3g} = train.lr x {MIN_LR_FRACTION:g}"
+        if train is self.train:
+            return self
+        out = self.model_copy(update={"train": train})
+        out._auto = notes
+        return out
+
+    def auto_notes(self) -> list[str]:
+        """One line per value `auto` chose, for the stages that use it to print:
+        "train.lr auto: 0.0018 = min(0.002, 0.0006 x 768/256)"."""
+        return [f"{key} auto: {why}" for key, why in self._auto.items()]
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain JSON-able data (for manifests and rerun triggers)."""
@@ -272,7 +318,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any], source: str = "params") -> Params:
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as exc:
         problems = _describe(exc)
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -280,6 +326,7 @@ def from_dict(data: dict[str, Any], source: str = "params") -> Params:
             f"{len(problems)} problem(s) in {source}:\n{lines}\n"
             "Fix these keys (see the comments in params.yaml)."
         ) from None
+    return params.resolved()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -419,4 +466,5 @@ def _describe(exc: ValidationError) -> list[str]:
 
 
 def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and (part in {"int", "bool", "float", "str", "none"} or "[" in part)
+    return isinstance(part, str) and (part in {"int", "bool", "float", "str", "none"} or "[" in part
+                                      or part.startswith("constrained-"))

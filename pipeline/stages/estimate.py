@@ -62,7 +62,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     )
     refusal = _refusal(params, device, fit, held, over, what_if, spot, str(cost_md))
     write_text(cost_md, render_markdown(report, what_if, refusal))
-    print(render_terminal(report, what_if))
+    print(render_terminal(report, what_if), *params.auto_notes(), sep="\n")  # the lr train will use, and why
     if refusal:
         for stale in (Path(plan), Path(cost)):
             stale.unlink(missing_ok=True)

@@ -34,6 +34,8 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
     (pipeline/cost/budget.py) and the estimate the run is held against afterwards; none of the
     weights depend on it."""
     tokens, tokenizer = Path(tokens), Path(tokenizer)
+    for note in params.auto_notes():  # "train.lr auto: 0.0018 = ...": the value a run uses, and why
+        print(note, flush=True)
     manifest = load_manifest(tokens, tokenizer)
     tokenizer_files = _load_tokenizer(tokenizer, params)  # before any step: a missing one fails now
     hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar, once per checkpoint, is noise
