@@ -86,7 +86,8 @@ PARAM_FILES = ["params.yaml", *(os.path.relpath(f) for f in workflow.overwrite_c
 _merged = params_module.merge_files(PARAM_FILES)
 update_config(_merged, typed_config_args())
 try:  # validated when the workflow is parsed, before any job starts
-    PARAMS = params_module.from_dict(_merged, source=", ".join(PARAM_FILES + ["--config"]))
+    WRITTEN = params_module.as_written(_merged, source=", ".join(PARAM_FILES + ["--config"]))
+    PARAMS = WRITTEN.resolved()
 except PipelineError as exc:
     raise WorkflowError(str(exc)) from None
 PATHS = {key: str(value) for key, value in PARAMS.section("paths").items()}
@@ -95,8 +96,9 @@ VALUES_FILE = "logs/params/{stage}.yaml"
 
 def stage_values(stage):
     """Every value the stage reads, one "dotted.key: JSON" line each: the `params` of its
-    STAGE_params rule, so that Snakemake's rerun reason names the keys that changed."""
-    flat = params_module.flatten(params_of(stage, PARAMS))
+    STAGE_params rule, so that Snakemake's rerun reason names the keys that changed. As written:
+    an `auto` stays `auto`, and the stage says what it resolved to and why."""
+    flat = params_module.flatten(params_of(stage, WRITTEN))
     return [f"{key}: {json.dumps(value, sort_keys=True, ensure_ascii=False)}" for key, value in flat.items()]
 
 

@@ -216,7 +216,11 @@ def test_snakemake_reruns_exactly_what_changed(project):
     assert {p.name for p in (work / "models/final").iterdir()} == MODEL_FILES
     # Snakemake sets OMP_NUM_THREADS to a job's threads: undeclared, torch would train on one core
     threads = min(2, os.cpu_count() or 1)  # the --cores this test gives
-    assert f"on cpu ({threads} threads)" in (work / "logs/train.log").read_text()
+    train_log = (work / "logs/train.log").read_text()
+    assert f"on cpu ({threads} threads)" in train_log
+    # the job gets `auto` as written, and says what it resolved to and why
+    assert "lr: auto" in (work / "logs/params/train.yaml").read_text()
+    assert "train.lr auto: 0.002 = min(0.002, 0.0006 x 768/64)" in train_log
 
 
 def test_dvc_reruns_exactly_what_changed_and_shares_the_project(project, tmp_path):

@@ -317,8 +317,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], source: str = "params") -> Params:
+    """Validated params with every `auto` that depends on another value resolved (Params.resolved)."""
+    return as_written(data, source).resolved()
+
+
+def as_written(data: dict[str, Any], source: str = "params") -> Params:
+    """Validated params as written, `auto` kept: what a driver hands a stage, which resolves them
+    itself and says why."""
     try:
-        params = Params.model_validate(data)
+        return Params.model_validate(data)
     except ValidationError as exc:
         problems = _describe(exc)
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -326,7 +333,6 @@ def from_dict(data: dict[str, Any], source: str = "params") -> Params:
             f"{len(problems)} problem(s) in {source}:\n{lines}\n"
             "Fix these keys (see the comments in params.yaml)."
         ) from None
-    return params.resolved()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
