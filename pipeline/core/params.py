@@ -54,8 +54,8 @@ AutoOrNonNegative = Annotated[Literal["auto"] | Annotated[float, Field(ge=0)], _
 # inverse width for Adam (Yang et al. 2022, "Tensor Programs V", arXiv:2203.03466, Table 3),
 # anchored at GPT-2 small's 6e-4 for 768 wide (nanoGPT's), capped at 2e-3, where bench/lr_sweep.py
 # found AdamW's optimum at 128-256 wide. Muon's AdamW groups score best far higher (0.03-0.06) on
-# large corpora, but at 0.03 a small corpus seen many times diverged from its best loss within the
-# run: bench/README.md, "Learning rates that follow the width".
+# large corpora, but on a small corpus seen many times both 0.03 and 0.006 ended above the
+# baseline's loss: bench/README.md, "Learning rates that follow the width".
 LR_AT_768, LR_CAP = 6e-4, 2e-3
 MIN_LR_FRACTION = 0.1   # train.min_lr: auto, a tenth of the peak (nanoGPT's; Hoffmann et al. 2022)
 
