@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from pipeline.core.driver import first_process
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.cost.budget import BudgetGuard, tokens_to_train
@@ -34,7 +35,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
     (pipeline/cost/budget.py) and the estimate the run is held against afterwards; none of the
     weights depend on it."""
     tokens, tokenizer = Path(tokens), Path(tokenizer)
-    for note in params.auto_notes():  # "train.lr auto: 0.0018 = ...": the value a run uses, and why
+    for note in params.auto_notes() if first_process() else ():  # "train.lr auto: 0.0018 = ...", once
         print(note, flush=True)
     manifest = load_manifest(tokens, tokenizer)
     tokenizer_files = _load_tokenizer(tokenizer, params)  # before any step: a missing one fails now
