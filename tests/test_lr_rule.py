@@ -71,6 +71,13 @@ def test_a_floor_above_the_auto_lr_names_both_keys_and_the_fix():
     assert "train.min_lr (0.001)" in message and "train.lr auto (0.00045" in message and "set train.lr" in message
 
 
+def test_a_floor_above_a_number_is_the_same_one_line():
+    with pytest.raises(PipelineError) as caught:
+        P.load(FILES, ["train.lr=0.001", "train.min_lr=0.002"])
+    assert str(caught.value) == ("train.min_lr (0.002) exceeds train.lr (0.001): lower train.min_lr or set it "
+                                 "to auto, or set train.lr to a larger number")
+
+
 @pytest.mark.parametrize("architecture, optimizer", [("qwen3", "muon"), ("gpt2", "adamw")])
 def test_the_optimizers_adamw_groups_get_the_resolved_lr(architecture, optimizer):
     params = P.load(FILES, ["model.n_layer=1", "model.n_embd=64", "model.n_head=2", "model.context=16",

@@ -229,8 +229,6 @@ class Train(Section):
     def _consistent(self) -> Train:
         if isinstance(self.micro_batch_size, int) and self.micro_batch_size < 1:
             raise ValueError("micro_batch_size must be 'auto' or a positive number")
-        if "auto" not in (self.lr, self.min_lr) and self.min_lr > self.lr:  # else checked once resolved
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self
 
 
@@ -261,13 +259,14 @@ class Params(Section):
         if train.lr == "auto":
             lr, notes["train.lr"] = auto_lr(self.model.n_embd)
             train = train.model_copy(update={"lr": lr})
-            if train.min_lr != "auto" and train.min_lr > lr:
-                raise PipelineError(f"train.min_lr ({train.min_lr:g}) exceeds train.lr auto ({lr:.3g} at "
-                                    f"model.n_embd {self.model.n_embd}): "
-                                    "lower train.min_lr or set it to auto, or set train.lr to a number")
         if train.min_lr == "auto":
             train = train.model_copy(update={"min_lr": train.lr * MIN_LR_FRACTION})
             notes["train.min_lr"] = f"{train.min_lr:.3g} = train.lr x {MIN_LR_FRACTION:g}"
+        if train.min_lr > train.lr:   # the one floor check, once both are numbers
+            peak = (f"train.lr auto ({train.lr:.3g} at model.n_embd {self.model.n_embd})" if self.train.lr == "auto"
+                    else f"train.lr ({train.lr:g})")
+            raise PipelineError(f"train.min_lr ({train.min_lr:g}) exceeds {peak}: lower train.min_lr or set it to "
+                                "auto, or set train.lr to a larger number")
         if train is self.train:
             return self
         out = self.model_copy(update={"train": train})
