@@ -290,6 +290,8 @@ def test_outputs_are_written_for_dvc_and_people(world, evaluated):
     for heading in ("## Quality", "## Checkpoints", "## Samples", "## Cost: estimate against actual", "## Files"):
         assert heading in summary
     assert "early_stopping" in summary and "+50.0%" in summary
+    # the shape under Transformers' common names, whatever the architecture calls them (GPT-2: n_layer ...)
+    assert "**Model**: gpt2 (2 layers, 32 wide, 2 heads, context 32), " in summary
 
 
 # ---- a model directory alone -------------------------------------------------------------------

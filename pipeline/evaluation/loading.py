@@ -112,8 +112,8 @@ def check_fits(net: PreTrainedModel, params: Params, manifest: dict[str, Any], m
 
 
 def positions(net: PreTrainedModel) -> int:
-    """The longest sequence the model reads (GPT-2 and Llama/Qwen3 name it differently)."""
-    return getattr(net.config, "n_positions", None) or net.config.max_position_embeddings
+    """The longest sequence the model reads (GPT-2's n_positions, by Transformers' common name)."""
+    return net.config.max_position_embeddings
 
 
 def weights_fingerprint(net: PreTrainedModel) -> str:
@@ -126,13 +126,15 @@ def weights_fingerprint(net: PreTrainedModel) -> str:
     return digest.hexdigest()
 
 
+# The model's shape under Transformers' common config names: GPT-2's config maps them onto its own
+# (n_layer, n_embd, ...) through its attribute_map, so every architecture records the same keys.
+SHAPE_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "max_position_embeddings",
+              "vocab_size")
+
+
 def describe_model(net: PreTrainedModel, model_dir: Path, fingerprint: str) -> dict[str, Any]:
-    config = net.config.to_dict()
-    keys = ("model_type", "n_layer", "n_embd", "n_head", "n_positions",     # GPT-2's names
-            "num_hidden_layers", "hidden_size", "num_attention_heads", "max_position_embeddings",  # Llama/Qwen3's
-            "vocab_size")
     return {"dir": str(model_dir), "parameters": count_parameters(net),
-            **{k: config[k] for k in keys if k in config}, "weights_sha256": fingerprint}
+            **{k: getattr(net.config, k) for k in SHAPE_KEYS}, "weights_sha256": fingerprint}
 
 
 def _require_dir(path: Path) -> None:

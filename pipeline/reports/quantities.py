@@ -124,8 +124,9 @@ def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: di
     """files: the paths of the reports it points to (eval, samples, plots, cost, train)."""
     m = result["model"]
     out = ["# Run summary", ""]
-    shape = ", ".join(f"{k} {m[k]}" for k in ("n_layer", "n_embd", "n_head", "n_positions") if k in m)
-    out.append(f"- **Model**: {m.get('model_type', 'causal LM')} ({shape}), {m['parameters']:,} parameters, "
+    shape = (f"{m['num_hidden_layers']} layers, {m['hidden_size']} wide, {m['num_attention_heads']} heads, "
+             f"context {m['max_position_embeddings']}")
+    out.append(f"- **Model**: {m['model_type']} ({shape}), {m['parameters']:,} parameters, "
                f"vocabulary {m.get('vocab_size')}; in `{model_dir}`.")
     out.append(f"- **Data**: {_int(manifest.get('train_tokens'))} train tokens, {_int(manifest.get('val_tokens'))} "
                f"val tokens ({_int(manifest.get('val_bytes'))} bytes, "
