@@ -44,9 +44,13 @@ DRIVERS = {"snakemake": [str(BIN / "snakemake"), "--cores", "2", "train"],
            "dvc": [str(BIN / "dvc"), "repro", "train"]}
 
 
-def _env() -> dict[str, str]:
+def _env(without_shell: bool = False) -> dict[str, str]:
+    """The driver's environment; `without_shell`: SHELL unset, as in a container, so DVC runs the
+    stage with /bin/sh, which (dash) stays between DVC and the stage where bash would exec it."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
     env.pop("PYTHONPATH", None)
+    if without_shell:
+        env.pop("SHELL", None)
     return env
 
 
@@ -90,10 +94,12 @@ def _with_default_sigint() -> None:
 
 
 def _interrupt(work: Path, command: list[str], how: str) -> tuple[int, str]:
-    """Start the driver, wait until train has logged SIGNAL_AFTER_STEP steps, signal it `how`."""
+    """Start the driver, wait until train has logged SIGNAL_AFTER_STEP steps, signal it `how`. A
+    SIGTERM to dvc alone kills it at once: the stage must see that itself (pipeline/core/driver.py),
+    shown here in the harder case, a shell between DVC and the stage."""
     out = work / "driver.out"
     with open(out, "w") as sink:
-        driver = subprocess.Popen(command, cwd=work, env=_env(), stdout=sink, stderr=subprocess.STDOUT,
+        driver = subprocess.Popen(command, cwd=work, env=_env(without_shell=how == "SIGTERM"), stdout=sink, stderr=subprocess.STDOUT,
                                   start_new_session=True, preexec_fn=_with_default_sigint)
         deadline = time.monotonic() + 300
         while _steps_logged(work) < SIGNAL_AFTER_STEP:
