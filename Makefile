@@ -45,8 +45,10 @@ demo: setup
 	$(BIN)/snakemake --profile profiles/cpu --configfile params/demo.yaml
 	@cat reports/summary.md
 
+# The test files run in parallel, one worker per core up to 4 (pytest-xdist), each file whole on
+# one worker: a file's fixtures (a prepared checkout, a SLURM cluster, an image) are built once.
 test: setup cloud-env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
