@@ -76,6 +76,38 @@ def test_a_stage_under_dvc_gets_sigterm_when_dvc_ends(tmp_path, shell, how):
         os.killpg(driver.pid, signal.SIGKILL)
 
 
+def _own_pid_namespace() -> list[str] | None:
+    """A command prefix that runs its command as PID 1 of a new PID namespace, as a container's
+    first process is; None where this user may not (unshare needs root or user namespaces)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    prefix = [unshare, "--pid", "--fork", "--mount-proc"]
+    tried = subprocess.run([*prefix, "true"], capture_output=True)
+    return prefix if tried.returncode == 0 else None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watch reads /proc")
+def test_dvc_as_the_first_process_of_a_container_is_watched_not_taken_for_gone(tmp_path):
+    """`docker run IMAGE dvc repro`: DVC is PID 1, as init is to a process whose driver ended."""
+    prefix = _own_pid_namespace()
+    if prefix is None:
+        pytest.skip("unshare --pid is not permitted here (needs root or user namespaces)")
+    env = {k: v for k, v in os.environ.items() if k != "DVC_STAGE"}
+    caught, ready = tmp_path / "caught", tmp_path / "ready"
+    driver = subprocess.Popen([*prefix, sys.executable, "-c", DRIVER, "/bin/sh", STAGE.replace("'", '"'),
+                               str(caught), str(ready)], cwd=ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and not caught.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)   # ten looks of the watch
+        assert not caught.exists(), "the stage stopped while DVC, PID 1, still ran"
+        assert ready.read_text() == "watching"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watch reads /proc")
 def test_a_stage_outside_dvc_is_not_watched(tmp_path):
     """Snakemake sets no DVC_STAGE: its jobs are its own to stop, and a run started by hand and

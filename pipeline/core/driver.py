@@ -33,7 +33,7 @@ def stop_with_driver() -> None:
         return
     watched = os.getppid() if inside_launch() else _dvc_process()
     started = _start_time(watched)
-    if watched <= 1 or started is None:   # DVC ended before we looked: we were handed to init
+    if started is None:   # it ended before we looked
         os.kill(os.getpid(), signal.SIGTERM)
         return
     threading.Thread(target=_signal_when_ended, args=(watched, started), name="stop-with-dvc",
@@ -43,7 +43,9 @@ def stop_with_driver() -> None:
 def _dvc_process() -> int:
     """The nearest ancestor that did not inherit this stage's DVC_STAGE: DVC itself. DVC runs the
     command as `$SHELL -c CMD` (`/bin/sh -c CMD` where SHELL is unset, as in a container): bash runs
-    a single command in place, but dash, Debian's /bin/sh, runs it as its child and outlives DVC."""
+    a single command in place, but dash, Debian's /bin/sh, runs it as its child and outlives DVC.
+    PID 1 may be DVC (`docker run IMAGE dvc repro`) or, where DVC ended before we looked, the init
+    that adopted us: watched either way, never taken for a DVC that ended."""
     stage = os.environ["DVC_STAGE"]
     pid = os.getppid()
     while pid > 1 and _environment(pid).get("DVC_STAGE") == stage:
