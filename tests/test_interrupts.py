@@ -99,7 +99,8 @@ def _interrupt(work: Path, command: list[str], how: str) -> tuple[int, str]:
     shown here in the harder case, a shell between DVC and the stage."""
     out = work / "driver.out"
     with open(out, "w") as sink:
-        driver = subprocess.Popen(command, cwd=work, env=_env(without_shell=how == "SIGTERM"), stdout=sink, stderr=subprocess.STDOUT,
+        env = _env(without_shell=how == "SIGTERM")
+        driver = subprocess.Popen(command, cwd=work, env=env, stdout=sink, stderr=subprocess.STDOUT,
                                   start_new_session=True, preexec_fn=_with_default_sigint)
         deadline = time.monotonic() + 300
         while _steps_logged(work) < SIGNAL_AFTER_STEP:
