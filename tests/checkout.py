@@ -9,13 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "tiny.yaml"
 # outputs and tools at the top of the repository (pipeline/reports/ is code, reports/ an output)
-_TOP_OUTPUTS = {".venv", ".git", "data", "checkpoints", "models", "reports", "logs", ".snakemake", "cache", "tmp",
+_TOP_OUTPUTS = {".git", "data", "checkpoints", "models", "reports", "logs", ".snakemake", "cache", "tmp",
                 ".pytest_cache", "bench", "dvclive"}
 
 
 def _outputs(directory: str, names: list[str]) -> set[str]:
+    """What a clone lacks: outputs, and every virtualenv (.venv, .venv-cloud: thousands of files)."""
     top = Path(directory).resolve() == ROOT
-    return {n for n in names if n == "__pycache__" or (top and n in _TOP_OUTPUTS)}
+    return {n for n in names if n == "__pycache__" or (top and (n in _TOP_OUTPUTS or n.startswith(".venv")))}
 
 
 def copy_checkout(dest: Path) -> str:
