@@ -36,7 +36,7 @@ SIGNAL_AFTER_STEP = 2    # mid-train: signalled once the run has logged this ste
 # no checkpoint before the interrupt's own (the first validation would write one); the recipe whose
 # fp32 curve is the same on every CPU (tests/trainkit.py), 2 sequences per micro-batch so that two
 # processes can share a step's micro-batches. Steps of 8,192 tokens (~0.3 s each on one core) leave
-# the signal seconds to land before the last step: on 2 busy cores the test's own poll can wake late.
+# the signal seconds to land before the last step, however busy the machine.
 LONGER_RUN = {"max_steps": MAX_STEPS, "tokens_per_step": 8192, "eval_every": 50, "checkpoint_every": 50,
               "log_every": 1, "optimizer": "adamw", "precision": "fp32", "micro_batch_size": 2, "lr": 0.02, "min_lr": 0.002}
 LOSS_LOG = Path("reports/train_live/plots/metrics/train/loss.tsv")   # DVCLive: one row per step

@@ -127,7 +127,7 @@ def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: di
     shape = (f"{m['num_hidden_layers']} layers, {m['hidden_size']} wide, {m['num_attention_heads']} heads, "
              f"context {m['max_position_embeddings']}")
     out.append(f"- **Model**: {m['model_type']} ({shape}), {m['parameters']:,} parameters, "
-               f"vocabulary {m.get('vocab_size')}; in `{model_dir}`.")
+               f"vocabulary {m['vocab_size']}; in `{model_dir}`.")
     out.append(f"- **Data**: {_int(manifest.get('train_tokens'))} train tokens, {_int(manifest.get('val_tokens'))} "
                f"val tokens ({_int(manifest.get('val_bytes'))} bytes, "
                f"{_num(manifest.get('bytes_per_token'))} bytes/token).")
