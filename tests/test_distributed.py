@@ -47,6 +47,16 @@ def test_num_devices_makes_the_stage_command_start_that_many_processes(demo_toke
     assert "x 2 process(es)" in text and "stopped: max_steps" in text, text
 
 
+def test_the_process_count_is_the_plans_not_the_command_lines(demo_tokens, single, tmp_path):
+    """Snakemake hands train only the keys it declares, and cost.num_devices is not one: the count
+    comes from the plan the estimate made, wherever the value was set for it."""
+    ddp = tmp_path / "ddp"
+    tiny_params(demo_tokens, ddp, *RUN, "cost.num_devices=2")   # the plan, for 2 devices
+    done = run_cli(cli(demo_tokens, ddp, *RUN, plan=False))      # train's command: params.yaml's 1
+    assert done.returncode == 0, done.stderr
+    _same_run(ddp, *single)
+
+
 def _same_run(ddp, single, one) -> None:
     two = report(ddp)
     assert (two["world"], two["grad_accum_steps"], two["micro_batch_size"]) == (2, 2, 2)
