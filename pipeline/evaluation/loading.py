@@ -5,6 +5,7 @@ files they are scored on, and described.
     check_tokenizer(tok, model_dir, params.paths.tokenizer, manifest)   # same ids as the token files
     net = load_model(model_dir, device)                                # nothing missing, nothing random
     check_fits(net, params, manifest, model_dir)
+    check_shape(net, params, model_dir)                                # the model params.model describes
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pipeline.core import provenance
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.data.tokens import TOKENIZER_FILE
-from pipeline.model.build import count_parameters
+from pipeline.model.build import count_parameters, model_config
 
 # Tokenizer parts that decide which ids a text becomes; post_processor is left out because
 # save_pretrained adds an empty template one, and the token files never used it.
@@ -109,6 +110,23 @@ def check_fits(net: PreTrainedModel, params: Params, manifest: dict[str, Any], m
     if net.config.vocab_size < manifest["vocab_size"]:
         raise PipelineError(f"the model in {model_dir} has {net.config.vocab_size} embeddings but the token "
                             f"files use a vocabulary of {manifest['vocab_size']}: it was trained on other data")
+
+
+# The params.model key each shape key is set from (pipeline/model/architectures/). Not model.context:
+# it is also the window scored, which may be shorter than the model's positions (check_fits).
+_SHAPE_PARAMS = {"model_type": "architecture", "num_hidden_layers": "n_layer", "hidden_size": "n_embd",
+                 "num_attention_heads": "n_head"}
+
+
+def check_shape(net: PreTrainedModel, params: Params, model_dir: Path) -> None:
+    """The model must be the one params.model describes: eval.json records both, and a model
+    trained with other params (stages run by hand, out of order) would be reported as this one."""
+    expected = model_config(params.model, net.config.vocab_size, net.config.eos_token_id)
+    differ = [f"model.{key} gives {name} {getattr(expected, name)!r}, the model has {getattr(net.config, name)!r}"
+              for name, key in _SHAPE_PARAMS.items() if getattr(expected, name) != getattr(net.config, name)]
+    if differ:
+        raise PipelineError(f"the model in {model_dir} is not the one params.model describes ({'; '.join(differ)}): "
+                            "rerun the train stage with these params, or set model.* to the model's")
 
 
 def positions(net: PreTrainedModel) -> int:

@@ -25,8 +25,8 @@ from pipeline.data.tokens import MANIFEST_FILE, TokenManifest
 from pipeline.engine import checkpoint
 from pipeline.engine.plan import resolve_device
 from pipeline.engine.report import TrainReport
-from pipeline.evaluation.loading import (check_fits, check_tokenizer, describe_model, encode_prompts, load_model,
-                                         load_tokenizer, weights_fingerprint)
+from pipeline.evaluation.loading import (check_fits, check_shape, check_tokenizer, describe_model, encode_prompts,
+                                         load_model, load_tokenizer, weights_fingerprint)
 from pipeline.evaluation.sampling import generate_samples
 from pipeline.evaluation.scoring import (Score, evaluate_checkpoints, score, scored_stream, select_checkpoints,
                                          unigram_baseline)
@@ -54,6 +54,7 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, train_rep
 
     net = load_model(model_dir, device)
     check_fits(net, params, manifest, model_dir)
+    check_shape(net, params, model_dir)
     final_fp = weights_fingerprint(net)
     described = describe_model(net, model_dir, final_fp)
     final = scorer(net)
