@@ -125,6 +125,20 @@ def test_cpu_reports_its_hours_and_the_gate_refuses_them(tokens, tmp_path):
     assert "run allowed by cost.override_budget" in (tmp_path / "cost.md").read_text()
 
 
+def test_processes_sharing_a_cpu_are_priced_as_one_cpu(tokens, tmp_path):
+    """cost.num_devices on a CPU: processes that share its cores, its one matmul peak and its memory
+    are one CPU's price and speed, each planned for its share."""
+    sets = ("cost.hardware=cpu", "cost.pricing=owned", "cost.override_budget=true", "cost.mfu=0.5",
+            "train.tokens_per_step=30720")   # 30 sequences: split over 1 or 3 processes
+    one = run(tokens, tmp_path / "one", *sets)
+    three = run(tokens, tmp_path / "three", *sets, "cost.num_devices=3")
+    for key in ("hours", "usd", "kwh", "tokens_per_second", "peak_flops"):
+        assert three[key] == pytest.approx(one[key], rel=1e-9), key
+    assert three["plan"]["peak_flops"] == pytest.approx(one["plan"]["peak_flops"] / 3, rel=1e-12)
+    assert three["memory_usable_bytes"] == pytest.approx(one["memory_usable_bytes"] / 3, abs=1)
+    assert "x 1 (cost.num_devices: 3 processes share this CPU's cores" in (tmp_path / "three/cost.md").read_text()
+
+
 # ---- the plan ---------------------------------------------------------------------------------------
 
 def test_the_gate_shows_digits_enough_to_compare(tokens, tmp_path):

@@ -133,6 +133,11 @@ class Device:
         """The catalog's assumed MFU of a run in `precision` (model FLOPs over that precision's peak)."""
         return self.mfu_by_precision.get(precision, self.mfu_default)
 
+    def priced(self, num_devices: int) -> int:
+        """The devices cost.num_devices processes pay for and run at the speed of: on a CPU they
+        share one machine's cores and its one matmul peak, so they are one CPU, not N."""
+        return 1 if self.kind == "cpu" else num_devices
+
     def usd_per_hour(self, pricing: str) -> float | None:
         """The catalog price for on_demand / spot / colab; None where not rented that way."""
         return {"on_demand": self.usd_per_hour_on_demand, "spot": self.usd_per_hour_spot,

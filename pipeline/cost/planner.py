@@ -80,7 +80,10 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
         micros = sorted(divisors(seqs), reverse=True)
     checkpointing = [False, True] if train.activation_checkpointing == "auto" or auto else \
         [train.activation_checkpointing]
-    usable = int(device.memory_bytes * (1 - cost.memory_headroom))
+    # each process's share of a device: all of a GPU; on a CPU, whose cores and memory the
+    # processes share (Device.priced), a num_devices-th
+    share = device.priced(cost.num_devices) / cost.num_devices
+    usable = int(device.memory_bytes * (1 - cost.memory_headroom) * share)
     last = None
     for ckpt in checkpointing:
         for micro in micros:
@@ -93,7 +96,7 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
                           activation_checkpointing=ckpt)
             plan = Plan.make(device=device.name, device_kind=device.kind, devices=cost.num_devices, **layout,
                              tokens_per_step=train.tokens_per_step, optimizer=train.optimizer,
-                             model=params.section("model"), peak_flops=device.peak_flops[precision],
+                             model=params.section("model"), peak_flops=device.peak_flops[precision] * share,
                              calibration_key=key_for(device, params.model, vocab, **layout,
                                                      optimizer=train.optimizer, devices=cost.num_devices))
             last = Fit(plan, memory, usable)

@@ -31,7 +31,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
         "",
         status,
         "",
-        f"- Device: {r['device_description']} x {r['num_devices']}",
+        f"- Device: {r['device_description']} {_times(r)}",
         f"- Model: {r['parameters']:,} parameters, {r['flops_per_token']:.3g} training FLOPs per token "
         "(6N + attention, as nanoGPT counts)",
         f"- Tokens: {r['tokens']:,} in {r['steps']:,} steps of {r['tokens_per_step']:,} "
@@ -78,7 +78,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
 
 def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
     r = report.as_dict()
-    head = (f"estimate: {r['device']} x {r['num_devices']}: {r['tokens']:,} tokens, {r['flops']:.3g} FLOPs, "
+    head = (f"estimate: {r['device']} {_times(r)}: {r['tokens']:,} tokens, {r['flops']:.3g} FLOPs, "
             f"{describe(Plan(**r['plan']))}, peak {fmt(r['peak_memory_bytes'], 'GiB')} of "
             f"{fmt(r['memory_usable_bytes'], 'GiB')} ({'fits' if r['fits'] else 'DOES NOT FIT'}); "
             f"{fmt(r['hours'], 'h')}, {fmt(r['usd'], '$')}, {fmt(r['kwh'], 'kWh')} at MFU {r['mfu']:.1%}")
@@ -119,3 +119,13 @@ def _spot_lines(spot: dict[str, Any], pricing: str) -> list[str]:
         f"sqrt(2 x {spot['checkpoint_seconds']:.3g} s x {spot['mean_hours_between_reclaims']:,.0f} h) = "
         f"{fmt(spot['young_daly_hours'], 'h')} (J. W. Young, CACM 1974; J. T. Daly, FGCS 2006); {advice(spot)}",
     ] + [f"- {k}: {v}" for k, v in spot["sources"].items()]
+
+
+def _times(r: dict[str, Any]) -> str:
+    """x N devices; on a CPU, N processes that share its cores, priced as the one CPU they are."""
+    n = r["num_devices"]
+    if r["plan"]["device_kind"] != "cpu" or n == 1:
+        return f"x {n}"
+    cores = (r["detected"] or {}).get("cores")
+    crowded = f"; {n} processes on {cores} cores crowd each other: set cost.num_devices to at most {cores}" if cores and n > cores else ""
+    return f"x 1 (cost.num_devices: {n} processes share this CPU's cores and memory, priced as one CPU{crowded})"
