@@ -262,7 +262,7 @@ def _detected_sources(found: dict[str, Any]) -> dict[str, str]:
             "peak_tflops": f"measured on this machine at {found['measured_at']}, load average "
                            f"{found['load_average']:g}: fastest square matmul on {found['cores']} threads, torch "
                            f"{found['torch_version']} (sizes {sizes}); {cached}; other processes on these cores "
-                           f"lower it: `{found['remeasure']}` on a quiet machine measures again",
+                           "lower it: the highest measurement is kept, and a quieter machine measures again",
             "bf16_native": f"detected: {found['flags_source']} list "
                            f"{' and '.join(bf16_flags) or 'neither avx512_bf16 nor amx_bf16'}; "
                            f"torch.backends.cpu.get_cpu_capability() is {found['torch_cpu_capability']}"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.units import fmt, num
+from pipeline.cost.cpuinfo import under_load
 from pipeline.cost.planner import describe
 from pipeline.engine.plan import Plan
 from pipeline.cost.report import CostReport
@@ -46,6 +47,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
         f"- MFU: {r['mfu']:.1%} ({r['mfu_source']})",
         f"- Time: {fmt(r['hours'], 'h')} ({fmt(r['step_hours'], 'h')} of optimizer steps at "
         f"{r['tokens_per_second']:,.0f} tokens/s, the rest validation) at {r['peak_flops'] / 1e12:.3g} TFLOP/s peak",
+        *_under_load(r["detected"]),
         f"- Money: {fmt(r['usd'], '$')} ({r['usd_basis']})",
         f"- Energy: {fmt(r['kwh'], 'kWh')}, {fmt(r['co2_kg'], 'kg CO2')}",
         f"- Budget: {budget}",
@@ -127,5 +129,15 @@ def _times(r: dict[str, Any]) -> str:
     if r["plan"]["device_kind"] != "cpu" or n == 1:
         return f"x {n}"
     cores = (r["detected"] or {}).get("cores")
-    crowded = f"; {n} processes on {cores} cores crowd each other: set cost.num_devices to at most {cores}" if cores and n > cores else ""
+    crowded = (f"; {n} processes on {cores} cores crowd each other: set cost.num_devices to at most {cores}"
+               if cores and n > cores else "")
     return f"x 1 (cost.num_devices: {n} processes share this CPU's cores and memory, priced as one CPU{crowded})"
+
+
+def _under_load(detected: dict[str, Any] | None) -> list[str]:
+    """A peak timed on a busy machine is low, and the hours priced from it high: said beside them."""
+    if not detected or not under_load(detected["load_average"], detected["cores"]):
+        return []
+    return [f"- Peak measured under load: the load average was {detected['load_average']:g} on "
+            f"{detected['cores']} cores when it was timed ({detected['measured_at']}), so it may be low and the "
+            f"time high; it is measured again once this machine is quieter, or now by `{detected['remeasure']}`"]
