@@ -1,7 +1,7 @@
 """DDP on CPU (gloo): 2 processes x accumulation a == 1 process x accumulation 2a.
 
 torchrun, not `accelerate launch --cpu --num_processes 2`, which starts one process here; typed by
-hand, or started by the stage command itself from cost.num_devices (pipeline/core/launch.py).
+hand, or started by the stage command itself from the plan's devices (pipeline/core/launch.py).
 """
 from __future__ import annotations
 
