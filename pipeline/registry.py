@@ -149,8 +149,8 @@ class Stage:
     params: tuple[str, ...]        # params keys or whole sections it reads
     outputs: tuple[Artifact, ...]
     gpu: bool = False              # holds the GPU: one such job at a time
-    # runs as one process per device of its plan (an input: PLAN; LAUNCHER); the others run as one: estimate's
-    # calibration times one device and prices N (pipeline/cost/pricing.py), evaluate is one pass
+    # runs as one process per device of its plan (its input PLAN; LAUNCHER); the others run as one:
+    # estimate's calibration times one device and prices N (pipeline/cost/pricing.py), evaluate is one pass
     distributed: bool = False
     module: str = ""               # its entry point; default pipeline.stages.NAME
 
