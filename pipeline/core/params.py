@@ -186,6 +186,8 @@ class Cost(Section):
     budget_tolerance: Float = Field(ge=0)
     learn_mfu: bool
     extra_hardware: dict[str, dict[str, Any]]
+    forecast: bool = False
+    forecast_share: Float = Field(default=0.25, gt=0, le=1)
 
 
 class Train(Section):
@@ -277,6 +279,10 @@ class Params(Section):
         """One line per value `auto` chose, for the stages that use it to print:
         "train.lr auto: 0.0018 = min(0.002, 0.0006 x 768/256)"."""
         return [f"{key} auto: {why}" for key, why in self._auto.items()]
+
+    def is_auto(self, key: str) -> bool:
+        """Whether `key` ("train.lr") was auto and resolved by load."""
+        return key in self._auto
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain JSON-able data (for manifests and rerun triggers)."""

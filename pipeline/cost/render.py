@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.units import fmt, num
+from pipeline.cost import forecast_render
 from pipeline.cost.cpuinfo import under_load
 from pipeline.cost.planner import describe
 from pipeline.engine.plan import Plan
@@ -72,6 +73,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
                      f"{describe(row['plan'])} | {fmt(row['peak_memory_bytes'], 'GiB')} | "
                      f"{fmt(row['hours'], 'h')} | {fmt(row['usd'], '$')} ({row['pricing']}) | {num(row['kwh'])} |")
     lines += _spot_lines(r["spot"], r["pricing"]) if r["spot"] else []
+    lines += forecast_render.markdown(r["forecast"]) if r.get("forecast") else []
     lines += ["", "## Sources", ""] + [f"- {k}: {v}" for k, v in r["sources"].items()]
     if r["detected"]:
         lines += ["", "## This machine, as detected", ""] + [f"- {k}: {v}" for k, v in r["detected"].items()]
@@ -92,6 +94,8 @@ def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
         head += (f"\n  on-demand {fmt(spot['usd_on_demand'], '$')}, spot {fmt(spot['usd_spot'], '$')}, spot with its "
                  f"expected reclaims {fmt(spot['usd_spot_with_reclaims'], '$')}; checkpoint_every "
                  f"{spot['checkpoint_every_recommended']:,} recommended (cost.md)")
+    if r.get("forecast"):
+        head += "\n  " + forecast_render.terminal(r["forecast"])
     return head + "\n" + "\n".join(rows)
 
 

@@ -16,7 +16,7 @@ from pipeline.core import provenance
 from pipeline.core.atomic import write_text
 from pipeline.core.errors import BudgetExceeded, PipelineError
 from pipeline.core.params import Params
-from pipeline.cost import budget, hardware, pricing
+from pipeline.cost import budget, forecast, hardware, pricing
 from pipeline.cost.hardware import Device
 from pipeline.cost.planner import Fit, fit_error, plan_for
 from pipeline.cost.render import render_markdown, render_terminal
@@ -43,6 +43,9 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     steps = work.tokens // fit.plan.tokens_per_step
     spot = side_by_side(params, device, figures, steps, vocab, pricing.recalled(params, fit.plan, manifest))
     held = gated(figures, spot, params.cost.pricing)   # under spot pricing, with the expected reclaims
+    predicted = _forecast(params, manifest, Path(tokens), device, fit, mfu, whole_steps, held)
+    if predicted:   # the pilots' cost counts against the budget with the run's
+        held = forecast.with_pilots(held, predicted.figures)
     over = budget.over_budget(params.cost, held)
     what_if = [pricing.what_if_row(params, d, manifest, k, planned=(fit.plan, mfu, whole_steps) if d.name == device.name else None)
                for k in pricing.WHAT_IF_SCALES for d in devices.values()]
@@ -55,7 +58,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
         tokens=work.tokens, steps=steps, tokens_per_step=fit.plan.tokens_per_step, train_tokens_available=manifest.train_tokens,
         epochs=work.tokens / manifest.train_tokens if manifest.train_tokens else None,
         parameters=compute.parameter_count(params.model, vocab), flops_per_token=work.flops_per_token,
-        **figures, mfu=mfu, mfu_source=mfu_source, spot=spot,
+        **figures, mfu=mfu, mfu_source=mfu_source, spot=spot, forecast=predicted.report if predicted else None,
         peak_memory_bytes=fit.memory.total, memory_usable_bytes=fit.usable_bytes, memory=fit.memory.as_dict(),
         plan=fit.plan.as_dict(), sources=device.sources, detected=getattr(device, "detected", None),
         provenance=provenance.record(declared_params("estimate", params)),
@@ -70,6 +73,18 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     fit.plan.write(plan)
     report.write(cost)
     return report
+
+
+def _forecast(params: Params, manifest: TokenManifest, tokens: Path, device: Device, fit: Fit, mfu: float,
+              whole_steps: bool, held: dict) -> forecast.Forecast | None:
+    """cost.forecast: the pilots (run here, or recalled by content) and the law fitted to them."""
+    if not params.cost.forecast:
+        return None
+    if not fit.fits:
+        raise PipelineError(fit_error(fit, device, params) + ": the forecast needs a plan that fits; change the "
+                            "model or device, or set cost.forecast: false")
+    return forecast.make(params, manifest, tokens, device, fit.plan, mfu=mfu, whole_steps=whole_steps,
+                         run_figures=held)
 
 
 # ---- inputs -------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pipeline.evaluation.loading import (check_fits, check_shape, check_tokenize
 from pipeline.evaluation.sampling import generate_samples
 from pipeline.evaluation.scoring import (Score, evaluate_checkpoints, score, scored_stream, select_checkpoints,
                                          unigram_baseline)
-from pipeline.reports import headline, plots, quantities as report
+from pipeline.reports import forecast_check, headline, plots, quantities as report
 
 
 def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, train_report: Path,
@@ -76,19 +76,23 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, train_rep
         "checkpoints": ckpt_results,
         "best_vs_final": report.best_vs_final(ckpt_manifest, ckpt_results, final),
         "estimate_vs_actual": eva,
+        "forecast_vs_actual": forecast_check.compare(train),
         "stop_reason": (train or {}).get("stop_reason"),
         "samples": len(samples_out),
     }
     live = plots.read_live(Path(train_live), params.train.tokens_per_step)
-    plots.write_all(Path(plots_dir), live, ckpt_results, eva, baseline.as_dict()["val_loss"])
+    plots.write_all(Path(plots_dir), live, ckpt_results, eva, baseline.as_dict()["val_loss"],
+                    forecast=result["forecast_vs_actual"])
     write_text(samples_md, report.samples_markdown(samples_out, ev))
     files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": Path(params.paths.reports) / "cost.json", "train": train_report,
              "metrics": metrics}
-    write_text(summary_md, report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files))
+    summary = report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files)
+    write_text(summary_md, "\n".join([summary.rstrip("\n"), "", *forecast_check.markdown(result["forecast_vs_actual"])]) + "\n")
     used = {k: params.section(k) for k in ("paths", "model", "evaluate")}
     used["train"] = {"device": params.train.device, "tokens_per_step": params.train.tokens_per_step}
     write_json(eval_report, {**result, **provenance.record(used)})
     headline.write(metrics, result)   # reports/metrics.json: what `dvc exp show` compares
+    forecast_check.remember(train)    # a later forecast of this corpus fits to this run too
     print(f"val loss {result['val_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
           f"{result['bits_per_byte']:.4f} bits/byte over {final.tokens:,} tokens "
           f"(unigram baseline {baseline.as_dict()['val_loss']:.4f}) -> {summary_md}")
