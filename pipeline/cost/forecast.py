@@ -24,7 +24,7 @@ from pipeline.core.errors import BudgetExceeded, PipelineError
 from pipeline.core.params import Params
 from pipeline.cost import budget, pilots, pricing, scaling
 from pipeline.cost.hardware import Device
-from pipeline.cost.planner import plan_for
+from pipeline.cost.planner import Fit, fit_error, plan_for
 from pipeline.data.tokens import TokenManifest
 from pipeline.engine.identity import run_id
 from pipeline.engine.plan import Plan
@@ -41,6 +41,20 @@ FIGURES = ("hours", "usd", "kwh")
 class Forecast:
     report: dict[str, Any]
     figures: dict[str, float]     # the pilots' hours, usd, kwh
+
+
+def when_asked(params: Params, manifest: TokenManifest, tokens_dir: Path, device: Device, fit: Fit, mfu: float,
+               whole_steps: bool, run_figures: dict[str, Any]) -> tuple[Forecast | None, dict[str, Any]]:
+    """The forecast under cost.forecast (else None) and the run's figures with the pilots' cost
+    added, what the budget holds; the configured plan must fit to be forecast."""
+    if not params.cost.forecast:
+        return None, run_figures
+    if not fit.fits:
+        raise PipelineError(fit_error(fit, device, params) + ": the forecast needs a plan that fits; change the "
+                            "model or device, or set cost.forecast: false")
+    made = make(params, manifest, tokens_dir, device, fit.plan, mfu=mfu, whole_steps=whole_steps,
+                run_figures=run_figures)
+    return made, with_pilots(run_figures, made.figures)
 
 
 def make(params: Params, manifest: TokenManifest, tokens_dir: Path, device: Device, plan: Plan, *,

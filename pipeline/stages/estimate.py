@@ -2,11 +2,10 @@
 
     python -m pipeline estimate [--set cost.hardware=rtx2050-laptop-4gb] [--set cost.calibrate=true]
 
-Reads the token manifest (checked against the tokenizer). Writes the plan (pipeline/engine/plan.py,
-read by train), the cost report (pipeline/cost/report.py) and a Markdown report for people with a
-what-if table over the catalog. Over budget, or when no plan fits in memory, it raises
-BudgetExceeded (exit 3): then only the Markdown report is written, saying why, and a plan or cost
-report left by an earlier run is removed so no later stage can run on it.
+Reads the token manifest (checked against the tokenizer); writes the plan (read by train), the cost
+report and a Markdown report: a what-if table over the catalog and, under cost.forecast, the loss
+forecast (pipeline/cost/forecast.py). Over budget, or with no plan that fits memory, BudgetExceeded
+(exit 3): only the Markdown report is written, saying why; an earlier plan or cost report goes.
 """
 from __future__ import annotations
 
@@ -43,9 +42,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     steps = work.tokens // fit.plan.tokens_per_step
     spot = side_by_side(params, device, figures, steps, vocab, pricing.recalled(params, fit.plan, manifest))
     held = gated(figures, spot, params.cost.pricing)   # under spot pricing, with the expected reclaims
-    predicted = _forecast(params, manifest, Path(tokens), device, fit, mfu, whole_steps, held)
-    if predicted:   # the pilots' cost counts against the budget with the run's
-        held = forecast.with_pilots(held, predicted.figures)
+    predicted, held = forecast.when_asked(params, manifest, Path(tokens), device, fit, mfu, whole_steps, held)  # + pilots
     over = budget.over_budget(params.cost, held)
     what_if = [pricing.what_if_row(params, d, manifest, k, planned=(fit.plan, mfu, whole_steps) if d.name == device.name else None)
                for k in pricing.WHAT_IF_SCALES for d in devices.values()]
@@ -73,18 +70,6 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     fit.plan.write(plan)
     report.write(cost)
     return report
-
-
-def _forecast(params: Params, manifest: TokenManifest, tokens: Path, device: Device, fit: Fit, mfu: float,
-              whole_steps: bool, held: dict) -> forecast.Forecast | None:
-    """cost.forecast: the pilots (run here, or recalled by content) and the law fitted to them."""
-    if not params.cost.forecast:
-        return None
-    if not fit.fits:
-        raise PipelineError(fit_error(fit, device, params) + ": the forecast needs a plan that fits; change the "
-                            "model or device, or set cost.forecast: false")
-    return forecast.make(params, manifest, tokens, device, fit.plan, mfu=mfu, whole_steps=whole_steps,
-                         run_figures=held)
 
 
 # ---- inputs -------------------------------------------------------------------------------------
