@@ -13,7 +13,8 @@ model, optimizer, schedule, data order and validation subset, train.seed), and e
 final validation loss held against its forecast. Every target is >= 8x the largest pilot's model
 FLOPs (checked, printed).
 
-Results: bench/out/forecast/results.jsonl (one line per target) and the table printed.
+Results: bench/out/forecast/results.jsonl (one line per target; a target already there is not
+trained again) and the table printed.
 """
 from __future__ import annotations
 
@@ -87,8 +88,9 @@ def measure(lang: str) -> list[dict]:
         target_params = pilots.pilot_params(params, target)
         flops = row["tokens"] * compute.flops_per_token(target_params.model, manifest.vocab_size)
         t = time.perf_counter()
-        actual = pilots.run_one(params, manifest, Path(params.paths.tokens), target, device="cpu", precision="fp32",
-                                micro_batch_size=8)["val_loss"]
+        actual = _trained().get((f"heldout-{lang}", row["n_embd"], row["tokens"])) or pilots.run_one(
+            params, manifest, Path(params.paths.tokens), target, device="cpu", precision="fp32",
+            micro_batch_size=8)["val_loss"]
         result = {"corpus": f"heldout-{lang}", "n_embd": row["n_embd"], "tokens": row["tokens"],
                   "epochs": row["epochs"], "configured": row["configured"], "compute_x_largest_pilot": flops / largest,
                   "forecast": row["loss"], "low": row["low"], "high": row["high"], "actual": actual,
@@ -100,6 +102,14 @@ def measure(lang: str) -> list[dict]:
             fh.write(json.dumps(result) + "\n")
         out.append(result)
     return out
+
+
+def _trained() -> dict[tuple, float]:
+    """Targets already trained (results.jsonl): a target's loss does not depend on the pilots or the
+    law, so a rerun after a change to either trains none of them again."""
+    path = OUT / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    return {(r["corpus"], r["n_embd"], r["tokens"]): r["actual"] for r in rows}
 
 
 def table(results: list[dict]) -> None:

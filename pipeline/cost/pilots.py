@@ -2,12 +2,14 @@
 own tokens and device, whose final validation losses the scaling law is fitted to
 (pipeline/cost/forecast.py).
 
-    results = pilots.measure(params, manifest, tokens_dir, device=..., precision=..., micro=...)
+    grid = pilots.grid(params, manifest, run_flops)
+    entry = pilots.recall(key) or pilots.run_all(params, manifest, tokens_dir, grid, key, device=..., ...)
 
 The grid: 3 widths x 3 token counts. Each pilot keeps the configured model's architecture, layers,
 head width, context and vocabulary and has WIDTH_FRACTIONS of its heads; it trains TOKEN_FRACTIONS
-of D_max tokens, D_max chosen so that the 9 pilots together cost cost.forecast_share of the
-configured run's model FLOPs. Each is a whole run with its own schedule (warmup, cosine to min_lr
+of its width's D_max tokens, D_max chosen so that each width's 3 pilots cost a third of
+cost.forecast_share of the configured run's model FLOPs (the shortest pilot within one epoch; the
+longer ones may repeat data, as the run may). Each is a whole run with its own schedule (warmup, cosine to min_lr
 over its own steps), as the law's runs are: a run's loss mid-schedule, its LR still high, is not
 the loss a run of that length ends at (Hoffmann et al. 2022, section 3.1).
 
@@ -69,9 +71,11 @@ def grid(params: Params, manifest: TokenManifest, run_flops: float) -> list[Pilo
         raise PipelineError(f"cost.forecast: model.n_head {model.n_head} is too few heads for 3 smaller pilot "
                             "widths (3 or more needed): raise model.n_head, or set cost.forecast: false")
     shapes = [(h, h * head_dim, _mlp(model.mlp_width, h / model.n_head)) for h in heads]
-    per_token = sum(compute.flops_per_token(_model(model, *shape), manifest.vocab_size) for shape in shapes)
-    d_max = params.cost.forecast_share * run_flops / (per_token * sum(TOKEN_FRACTIONS))
-    d_min = d_max * TOKEN_FRACTIONS[0]
+    # each width gets the same FLOPs, so the narrowest trains the most tokens: past the first steps'
+    # transient, where loss falls faster than any power law, as far as the share allows
+    per_width = params.cost.forecast_share * run_flops / len(shapes) / sum(TOKEN_FRACTIONS)
+    d_max = {shape: per_width / compute.flops_per_token(_model(model, *shape), manifest.vocab_size) for shape in shapes}
+    d_min = min(d_max.values()) * TOKEN_FRACTIONS[0]
     # the configured batch where the shortest pilot still takes MIN_STEPS steps, else fewer windows
     windows = max(1, min(train.tokens_per_step, int(d_min // MIN_STEPS)) // model.context)
     step = windows * model.context
@@ -82,7 +86,7 @@ def grid(params: Params, manifest: TokenManifest, run_flops: float) -> list[Pilo
     pilots = []
     for shape in shapes:
         for fraction in TOKEN_FRACTIONS:
-            steps = max(MIN_STEPS, int(d_max * fraction) // step)
+            steps = max(MIN_STEPS, int(d_max[shape] * fraction) // step)
             warmup = round(train.warmup_steps * steps / max(1, train.max_steps))
             pilots.append(Pilot(*shape, tokens=steps * step, tokens_per_step=step, warmup_steps=warmup))
     return pilots
