@@ -1,9 +1,9 @@
 """The loss forecast (cost.forecast): what validation loss the configured run will reach, with an
 interval, and which model size and epochs the budget buys the lowest loss with.
 
-    fc = forecast.make(params, manifest, tokens_dir, device, plan, mfu=..., whole_steps=...)
+    fc, held = forecast.when_asked(params, manifest, tokens_dir, device, fit, mfu, whole_steps, run_figures)
     fc.report        # reports/cost.json's "forecast" block
-    fc.figures       # the pilots' hours, $ and kWh: added to the run's against the budget
+    fc.figures       # the pilots' hours, $ and kWh; held: the run's figures with them added
 
 The law (pipeline/cost/scaling.py) is fitted to the pilots (pipeline/cost/pilots.py) and to every
 finished run of the same corpus, architecture, layers and context that the evaluate stage recorded
@@ -52,13 +52,12 @@ def when_asked(params: Params, manifest: TokenManifest, tokens_dir: Path, device
     if not fit.fits:
         raise PipelineError(fit_error(fit, device, params) + ": the forecast needs a plan that fits; change the "
                             "model or device, or set cost.forecast: false")
-    made = make(params, manifest, tokens_dir, device, fit.plan, mfu=mfu, whole_steps=whole_steps,
-                run_figures=run_figures)
+    made = make(params, manifest, tokens_dir, device, fit.plan, mfu=mfu, whole_steps=whole_steps)
     return made, with_pilots(run_figures, made.figures)
 
 
 def make(params: Params, manifest: TokenManifest, tokens_dir: Path, device: Device, plan: Plan, *,
-         mfu: float, whole_steps: bool, run_figures: dict[str, Any]) -> Forecast:
+         mfu: float, whole_steps: bool) -> Forecast:
     run_work = pricing.Work.of(params, plan, manifest)
     grid = pilots.grid(params, manifest, run_work.flops)
     priced = _pilots_price(params, grid, device, plan, manifest, mfu)
@@ -89,7 +88,6 @@ def make(params: Params, manifest: TokenManifest, tokens_dir: Path, device: Devi
         "target_val_loss": round(final["high"], 4),
     }
     report["best"] = next((a for a in report["alternatives"] if a["best"]), None)
-    report["configured_within_budget"] = not budget.over_budget(params.cost, with_pilots(run_figures, figures))
     return Forecast(report, figures)
 
 
@@ -107,8 +105,8 @@ def _pilots_price(params: Params, grid: list[pilots.Pilot], device: Device, plan
     total = dict.fromkeys(FIGURES, 0.0)
     for pilot in grid:
         p = pilots.pilot_params(params, pilot)
-        work = pricing.Work.of(p, plan, manifest, pilot.tokens)
-        work.eval_tokens = params.train.eval_batches * params.train.tokens_per_step   # one validation
+        work = pricing.Work(p, plan, compute.flops_per_token(p.model, manifest.vocab_size), pilot.tokens,
+                            params.train.eval_batches * params.train.tokens_per_step, manifest.vocab_size)  # one validation
         figures = pricing.price(work, device, p, mfu=mfu, usd_per_hour=params.cost.usd_per_hour)
         for k in FIGURES:
             total[k] += figures[k]
