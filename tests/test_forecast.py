@@ -65,6 +65,7 @@ def test_the_estimate_forecasts_names_the_best_plan_and_never_reruns_its_pilots(
     assert all(p["val_loss"] < math.log(demo_tokens.manifest["vocab_size"]) for p in fc["pilots"]["grid"])
     final = fc["final"]
     assert final["low"] <= final["loss"] <= final["high"] and final["tokens"] == 120 * 512
+    assert not final["beyond_law"] and "Optimistic" not in (tmp_path / "reports" / "cost.md").read_text()
     assert [v["step"] for v in fc["validations"]] == [40, 80, 120]
     assert sum(a["best"] for a in fc["alternatives"]) == 1 and fc["best"]["within_budget"]
     assert fc["pilots"]["hours"] > 0 and fc["pilots"]["usd"] > 0

@@ -34,6 +34,10 @@ RUNS_FILE = "forecast_runs.json"
 RUNS_PER_KEY = 16
 WIDTH_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)     # the alternatives' model widths, x the configured heads
 EPOCHS = (0.25, 0.5, 1.0, 2.0, 4.0)            # and their tokens, x the unique train tokens
+# past this many epochs the law is optimistic: its D' only stops repeated tokens from counting, while
+# a small model on a small corpus overfits and its val loss rises (Muennighoff et al. 2023: returns
+# fade past ~4 epochs and vanish by ~16)
+EPOCHS_TRUSTED = 4.0
 FIGURES = ("hours", "usd", "kwh")
 
 
@@ -82,7 +86,9 @@ def make(params: Params, manifest: TokenManifest, tokens_dir: Path, device: Devi
                    "seconds": entry["seconds"], **figures,
                    "cache": str(cache_dir() / pilots.FILE_NAME)},
         "law_key": law_key(params, manifest), "run": run_id(params, manifest), "parameters_non_embedding": n, "unique_tokens": unique,
-        "final": {"tokens": tokens, "epochs": tokens / unique, **final},
+        "final": {"tokens": tokens, "epochs": tokens / unique, "beyond_law": tokens / unique > EPOCHS_TRUSTED,
+                  **final},
+        "epochs_trusted": EPOCHS_TRUSTED,
         "validations": _validations(params, law, n, unique),
         "alternatives": _alternatives(params, manifest, device, law, mfu, whole_steps, figures),
         "target_val_loss": round(final["high"], 4),
@@ -173,7 +179,8 @@ def _validations(params: Params, law: scaling.Law, n: float, unique: float) -> l
 def _alternatives(params: Params, manifest: TokenManifest, device: Device, law: scaling.Law, mfu: float,
                   whole_steps: bool, pilot_figures: dict[str, float]) -> list[dict[str, Any]]:
     """Model width x epochs (EPOCHS and the configured run's): forecast loss, hours, $, whether it fits memory and the budget (the pilots'
-    cost counted), and the best: the lowest forecast loss of those that fit both."""
+    cost counted), and the best: the lowest forecast loss of those that fit both, within the epochs
+    the law is trusted for."""
     model, unique, step = params.model, manifest.train_tokens, params.train.tokens_per_step
     head_dim = model.n_embd // model.n_head
     rows = []
@@ -194,8 +201,9 @@ def _alternatives(params: Params, manifest: TokenManifest, device: Device, law: 
                          "hours": figures["hours"], "usd": figures["usd"], "kwh": figures["kwh"],
                          "fits": fit.fits, "within_budget": within,
                          "configured": heads == model.n_head and tokens == configured,
+                         "beyond_law": tokens / unique > EPOCHS_TRUSTED,
                          "best": False})
-    eligible = [r for r in rows if r["fits"] and r["within_budget"]]
+    eligible = [r for r in rows if r["fits"] and r["within_budget"] and not r["beyond_law"]]
     if eligible:
         min(eligible, key=lambda r: r["loss"])["best"] = True
     return rows

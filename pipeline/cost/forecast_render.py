@@ -16,6 +16,9 @@ def markdown(fc: dict[str, Any]) -> list[str]:
         f"**{final['loss']:.3f}** (90% interval {final['low']:.3f} to {final['high']:.3f}) at the end of this run: "
         f"{fc['parameters_non_embedding']:,} non-embedding parameters, {final['tokens']:,} tokens "
         f"({final['epochs']:.2f} epochs of {fc['unique_tokens']:,} unique).",
+        *(["", f"**Optimistic**: {final['epochs']:.1f} epochs is past the {fc['epochs_trusted']:g} the law is "
+                "trusted for. It counts repeated tokens for less, but it does not model overfitting, where the "
+                "val loss rises again: add text, or choose fewer epochs below."] if final["beyond_law"] else []),
         "",
         f"- Law: L = {law['E']:.3f} + {law['A']:.3g} / (N/{law['n0']:.3g})^{law['alpha']:.2f} + "
         f"{law['B']:.3g} / (D'/{law['d0']:.3g})^{law['beta']:.2f}, N non-embedding parameters, D' effective "
@@ -50,6 +53,7 @@ def markdown(fc: dict[str, Any]) -> list[str]:
     for a in fc["alternatives"]:
         mark = " **best**" if a["best"] else ""
         mark += " (configured)" if a["configured"] else ""
+        mark += " (optimistic: past the epochs the law is trusted for)" if a["beyond_law"] else ""
         within = "yes" if a["within_budget"] and a["fits"] else ("no: does not fit" if not a["fits"] else "no")
         lines.append(f"| {a['n_embd']}{mark} | {a['parameters_non_embedding']:,} | {a['epochs']:.2f} | "
                      f"{a['tokens']:,} | {a['loss']:.3f} | {a['low']:.3f} to {a['high']:.3f} | "
