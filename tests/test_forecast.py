@@ -22,7 +22,9 @@ DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
 # a model small enough that the 9 pilots take seconds on one CPU core
 SMALL = {"model.n_layer": 2, "model.n_embd": 96, "model.n_head": 6, "model.context": 64,
          "train.tokens_per_step": 512, "train.max_steps": 120, "train.warmup_steps": 6, "train.eval_every": 40,
-         "train.eval_batches": 2, "cost.forecast": True}
+         "train.eval_batches": 2, "cost.forecast": True,
+         # a fixed speed, so the run's hours are the same in every call (the detected peak varies with load)
+         "cost.mfu": 0.5, "cost.extra_hardware": "{cpu: {peak_tflops: {fp32: 0.01, fp16: 0.01, bf16: 0.01}}}"}
 
 
 def small(demo_tokens, tmp_path, **sets):
@@ -78,6 +80,12 @@ def test_the_estimate_forecasts_names_the_best_plan_and_never_reruns_its_pilots(
     again = json.loads((tmp_path / "reports" / "cost.json").read_text())["forecast"]
     assert not again["pilots"]["ran_now"] and "pilot 1/9" not in capsys.readouterr().out
     assert again["final"] == fc["final"] and again["pilots"]["hours"] == fc["pilots"]["hours"]  # still counted
+
+    # a budget the run alone keeps and the run with its pilots breaks
+    between = cost["hours"] + fc["pilots"]["hours"] / 2
+    with pytest.raises(BudgetExceeded, match="budget_hours"):
+        run_stage("estimate", small(demo_tokens, tmp_path, **{"cost.budget_hours": between, "cost.budget_usd": None}))
+    assert not (tmp_path / "reports" / "cost.json").exists()
 
 
 def test_pilots_that_alone_break_the_budget_never_run(demo_tokens, tmp_path, capsys):
