@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.core import params as params_module
 from pipeline.core.errors import BudgetExceeded, PipelineError
-from pipeline.cost import forecast, scaling
+from pipeline.cost import forecast_record, scaling
 from pipeline.registry import run_stage
 from pipeline.reports import forecast_check
 
@@ -125,7 +125,7 @@ def test_evaluate_words_hold_the_forecast_against_the_run_and_remember_it(tmp_pa
     text = "\n".join(forecast_check.markdown(check))
     assert "| 120 | 61,440 | 1.800 | 1.600 to 2.000 | 1.900 | +5.6% |" in text
     assert forecast_check.remember(train)
-    assert forecast.recorded_runs("corpus") == {"r1": {"parameters": 1000, "tokens": 61_440, "unique_tokens": 50_000,
+    assert forecast_record.recorded_runs("corpus") == {"r1": {"parameters": 1000, "tokens": 61_440, "unique_tokens": 50_000,
                                                        "val_loss": 1.9}}
     assert not forecast_check.remember({**train, "stop_reason": "early_stopping"})   # LR still high: no law point
     assert forecast_check.compare({"estimate": {}}) is None

@@ -7,22 +7,20 @@ interval, and which model size and epochs the budget buys the lowest loss with.
 
 The law (pipeline/cost/scaling.py) is fitted to the pilots (pipeline/cost/pilots.py) and to every
 finished run of the same corpus, architecture, layers and context that the evaluate stage recorded
-(`remember_run`): such a run is the measurement nearest the runs forecast, so together they
+(pipeline/cost/forecast_record.py): such a run is the measurement nearest the runs forecast, so together they
 weigh as much as the pilots; a run's own record never forecasts it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.atomic import write_json
 from pipeline.core.cache import cache_dir
 from pipeline.core.errors import BudgetExceeded, PipelineError
 from pipeline.core.params import Params
 from pipeline.cost import budget, pilots, pricing, scaling
+from pipeline.cost.forecast_record import RUNS_FILE, law_key, recorded_runs
 from pipeline.cost.hardware import Device
 from pipeline.cost.planner import Fit, fit_error, plan_for
 from pipeline.data.tokens import TokenManifest
@@ -30,8 +28,6 @@ from pipeline.engine.identity import run_id
 from pipeline.engine.plan import Plan
 from pipeline.model import compute
 
-RUNS_FILE = "forecast_runs.json"
-RUNS_PER_KEY = 16
 WIDTH_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)     # the alternatives' model widths, x the configured heads
 EPOCHS = (0.25, 0.5, 1.0, 2.0, 4.0)            # and their tokens, x the unique train tokens
 # past this many epochs the law is optimistic: its D' only stops repeated tokens from counting, while
@@ -207,45 +203,3 @@ def _alternatives(params: Params, manifest: TokenManifest, device: Device, law: 
     if eligible:
         min(eligible, key=lambda r: r["loss"])["best"] = True
     return rows
-
-
-# ---- the record: finished runs ---------------------------------------------------------------------
-
-def law_key(params: Params, manifest: TokenManifest) -> str:
-    """What the law's constants depend on besides N and D: the corpus, the architecture at its depth
-    and context, the recipe's optimizer."""
-    model = params.model
-    text = json.dumps({"tokens": manifest.sha256, "tokenizer": manifest.tokenizer_sha256,
-                       "architecture": model.architecture, "n_layer": model.n_layer, "context": model.context,
-                       "head_dim": model.n_embd // model.n_head, "tie": model.tie_embeddings,
-                       "activation": model.mlp_activation, "optimizer": params.train.optimizer,
-                       "eval_batches": params.train.eval_batches}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def recorded_runs(key: str) -> dict[str, dict[str, Any]]:
-    runs = _read_runs().get(key)
-    return runs if isinstance(runs, dict) else {}
-
-
-def remember_run(key: str, run: str, *, parameters: int, tokens: int, unique_tokens: int, val_loss: float) -> bool:
-    """Keep a finished run's final validation loss for later forecasts of the same corpus; False
-    where the cache cannot be written."""
-    entries = _read_runs()
-    runs = recorded_runs(key)
-    runs.pop(run, None)
-    runs[run] = {"parameters": parameters, "tokens": tokens, "unique_tokens": unique_tokens, "val_loss": val_loss}
-    entries[key] = dict(list(runs.items())[-RUNS_PER_KEY:])
-    try:
-        write_json(cache_dir() / RUNS_FILE, entries)
-    except OSError:
-        return False
-    return True
-
-
-def _read_runs() -> dict:
-    try:
-        data = json.loads((cache_dir() / RUNS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

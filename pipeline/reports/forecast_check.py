@@ -1,6 +1,6 @@
 """The loss forecast against the run (cost.forecast): each validation the train stage ran beside
 the forecast for its step, in reports/summary.md, eval.json and the loss plot; and the finished
-run kept for later forecasts of the same corpus (pipeline/cost/forecast.py: remember_run).
+run kept for later forecasts of the same corpus (pipeline/cost/forecast_record.py).
 
 The forecast is the one in the cost report the run was gated with (train.json's estimate), as for
 hours and dollars. Error = (actual - forecast) / forecast.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.cost import forecast as forecast_module
+from pipeline.cost import forecast_record
 
 PLANNED_ENDS = ("max_steps", "max_tokens")   # a run that ended on its schedule: a point of the law
 
@@ -34,7 +34,7 @@ def remember(train: dict[str, Any] | None) -> bool:
     vals = [v for v in ((train or {}).get("loss") or {}).get("val", []) if v.get("loss") is not None]
     if not fc or not vals or train.get("stop_reason") not in PLANNED_ENDS or vals[-1]["step"] != train.get("steps"):
         return False
-    return forecast_module.remember_run(fc["law_key"], fc["run"], parameters=fc["parameters_non_embedding"],
+    return forecast_record.remember_run(fc["law_key"], fc["run"], parameters=fc["parameters_non_embedding"],
                                         tokens=train["tokens"], unique_tokens=fc["unique_tokens"],
                                         val_loss=vals[-1]["loss"])
 
