@@ -58,39 +58,41 @@ def when_asked(params: Params, manifest: TokenManifest, tokens_dir: Path, device
 
 def make(params: Params, manifest: TokenManifest, tokens_dir: Path, device: Device, plan: Plan, *,
          mfu: float, whole_steps: bool) -> Forecast:
+    """The pilots (recalled by content, or run here), the law fitted to them, and the forecast."""
     run_work = pricing.Work.of(params, plan, manifest)
     grid = pilots.grid(params, manifest, run_work.flops)
     priced = _pilots_price(params, grid, device, plan, manifest, mfu)
     _check_pilots_fit(params, priced)
-    where = _device(device)
     key = pilots.key(params, manifest, grid, device.name, plan.precision)
     entry = pilots.recall(key)
     reran = entry is None
     if reran:
-        entry = pilots.run_all(params, manifest, tokens_dir, grid, key, device=where, precision=plan.precision,
-                               micro_batch_size=plan.micro_batch_size)
+        entry = pilots.run_all(params, manifest, tokens_dir, grid, key, device=_device(device),
+                               precision=plan.precision, micro_batch_size=plan.micro_batch_size)
     pilots.check_falling(entry["results"], manifest.vocab_size)
     figures = _measured_cost(priced, entry["seconds"])
+    pilot_block = {"grid": entry["results"], "ran_now": reran, "key": key, "measured_at": entry["measured_at"],
+                   "seconds": entry["seconds"], **figures, "cache": str(cache_dir() / pilots.FILE_NAME)}
     law, points = _fit(params, manifest, entry["results"])
-    unique = manifest.train_tokens
-    n = compute.hidden_matrix_parameters(params.model)
-    tokens = run_work.tokens
-    final = _point(law, n, tokens, unique)
-    report = {
-        "law": law.as_dict(), "points": points,
-        "pilots": {"grid": entry["results"], "ran_now": reran, "key": key, "measured_at": entry["measured_at"],
-                   "seconds": entry["seconds"], **figures,
-                   "cache": str(cache_dir() / pilots.FILE_NAME)},
-        "law_key": law_key(params, manifest), "run": run_id(params, manifest), "parameters_non_embedding": n, "unique_tokens": unique,
-        "final": {"tokens": tokens, "epochs": tokens / unique, "beyond_law": tokens / unique > EPOCHS_TRUSTED,
-                  **final},
-        "epochs_trusted": EPOCHS_TRUSTED,
-        "validations": _validations(params, law, n, unique),
-        "alternatives": _alternatives(params, manifest, device, law, mfu, whole_steps, figures),
-        "target_val_loss": round(final["high"], 4),
-    }
-    report["best"] = next((a for a in report["alternatives"] if a["best"]), None)
+    report = {"law": law.as_dict(), "points": points, "pilots": pilot_block,
+              **_forecasts(params, manifest, device, law, mfu, whole_steps, figures)}
     return Forecast(report, figures)
+
+
+def _forecasts(params: Params, manifest: TokenManifest, device: Device, law: scaling.Law, mfu: float,
+               whole_steps: bool, pilot_figures: dict[str, float]) -> dict[str, Any]:
+    """The configured run's forecast (at its end and each validation), the alternatives and the best."""
+    unique, tokens = manifest.train_tokens, budget.tokens_to_train(params)
+    n = compute.hidden_matrix_parameters(params.model)
+    final = _point(law, n, tokens, unique)
+    alternatives = _alternatives(params, manifest, device, law, mfu, whole_steps, pilot_figures)
+    return {"law_key": law_key(params, manifest), "run": run_id(params, manifest),
+            "parameters_non_embedding": n, "unique_tokens": unique, "epochs_trusted": EPOCHS_TRUSTED,
+            "final": {"tokens": tokens, "epochs": tokens / unique, "beyond_law": tokens / unique > EPOCHS_TRUSTED,
+                      **final},
+            "validations": _validations(params, law, n, unique), "alternatives": alternatives,
+            "best": next((a for a in alternatives if a["best"]), None),
+            "target_val_loss": round(final["high"], 4)}
 
 
 def with_pilots(figures: dict[str, Any], pilot_figures: dict[str, float]) -> dict[str, Any]:
