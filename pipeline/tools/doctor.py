@@ -3,7 +3,9 @@
     python -m pipeline doctor [--params FILE ...] [--set KEY=VALUE ...]
 
 Run it on the machine that will train. It reports the CPU (the detected `cpu` catalog entry),
-every CUDA device torch sees (memory, native bf16, driver, NVML's energy counter), the free disk
+every CUDA device torch sees (memory, native bf16, driver, NVML's energy counter), the NVIDIA
+driver nvidia-smi reports against what the torch build needs (pipeline/tools/cudabuilds.py: a
+driver too old is why torch sees no GPU, and is said so), the free disk
 under paths.checkpoints against what the kept checkpoints will need, and whether cost.hardware
 describes this machine. Every problem is listed at once; the exit status is 2 when the run would
 fail here, 0 otherwise (warnings allowed).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -146,11 +149,12 @@ def run(params: Params, *, find_cuda: Callable[[], list[CudaDevice]] = cuda_devi
     report = Report()
     gpus = find_cuda()
     _software(report)
+    driver_too_old = _driver(report)
     _cpu(report, params)
     _gpus(report, params, gpus)
     vocab = vocab_size(params, report)
     _disk(report, params, vocab)
-    _target(report, params, gpus, vocab)
+    _target(report, params, gpus, vocab, driver_too_old)
     return report
 
 
@@ -173,9 +177,37 @@ def _software(report: Report) -> None:
 
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
     report.add("software", f"Python {platform.python_version()}, torch {torch.__version__} ({build})")
-    if not torch.version.cuda and Path("/dev/nvidiactl").exists():
+    if not torch.version.cuda and Path("/dev/nvidiactl").exists() and not shutil.which("nvidia-smi"):
         report.warnings.append(f"an NVIDIA driver is present but torch {torch.__version__} is a CPU-only build: "
                                f"install a CUDA build of torch ({TORCH_INSTALL})")
+
+
+def _driver(report: Report) -> bool:
+    """The driver nvidia-smi reports (NVML's where there is no nvidia-smi) against the CUDA version
+    of the installed torch, or, for a CPU-only torch, of the CUDA build the lock installs on a GPU
+    host. True when it is too old: then that, not the device settings, is why torch sees no GPU."""
+    import torch
+
+    from pipeline.tools import cudabuilds
+
+    found = cudabuilds.nvidia_smi()
+    if not found:
+        nvml = nvml_driver_version()
+        found = [("NVML", nvml)] if nvml else None
+    if not found:
+        return False
+    gpu, driver = found[0]
+    version = torch.__version__.split("+")[0]
+    cuda = torch.version.cuda or cudabuilds.cuda_of(*cudabuilds.build_of(cudabuilds.pinned_torch()))
+    build = "this torch build" if torch.version.cuda else "the CUDA build requirements.lock installs on a GPU host"
+    report.add("driver", f"NVIDIA driver {driver} ({gpu}); {build} is for CUDA {cuda}")
+    problem = cudabuilds.driver_problem(driver, gpu, version if torch.version.cuda else cudabuilds.pinned_torch(), cuda)
+    if problem:
+        report.problems.append(problem)
+    if not torch.version.cuda:
+        report.warnings.append(f"an NVIDIA driver is present but torch {torch.__version__} is a CPU-only build: "
+                               f"install a CUDA build of torch ({TORCH_INSTALL})")
+    return problem is not None
 
 
 def _cpu(report: Report, params: Params) -> None:
@@ -268,7 +300,7 @@ def _nearest_existing(path: Path) -> Path:
 
 # ---- does cost.hardware describe this machine? --------------------------------------------------------
 
-def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) -> None:
+def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int, driver_too_old: bool) -> None:
     from pipeline.cost import hardware
     from pipeline.engine.plan import resolve_device
 
@@ -282,11 +314,12 @@ def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) 
     try:
         here = resolve_device(params.train.device)
     except PipelineError as exc:
-        report.problems.append(str(exc))
+        if not driver_too_old:  # else the driver is why torch sees no GPU, and said so
+            report.problems.append(str(exc))
         here = None
     if here:
         report.add("run", f"train.device {params.train.device} resolves to {here} here")
-    if here and here != target.kind:
+    if here and here != target.kind and not (driver_too_old and target.kind == "cuda"):
         report.problems.append(_kind_mismatch(params, target, here, gpus))
     fit = _plan_fits(report, params, target, vocab)
     if fit and target.kind == "cuda" and here == "cuda":
