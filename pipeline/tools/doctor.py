@@ -390,6 +390,10 @@ def _one_gpu_matches(report: Report, params: Params, target: Any, gpu: CudaDevic
         report.warnings.append(f"cuda:{gpu.index}: the plan needs {need / GIB:.2f} GiB but only "
                                f"{gpu.free_bytes / GIB:.2f} GiB is free now: other processes hold the rest "
                                "(nvidia-smi lists them)")
+    if params.train.compile and gpu.capability[0] < 8:
+        report.problems.append(f"train.compile: true but cuda:{gpu.index} {gpu.name} is compute capability "
+                               f"{gpu.capability[0]}.{gpu.capability[1]}; torch.compile's Triton kernels need 8.0 "
+                               "or newer: set train.compile: false")
     if fit.plan.precision == "bf16" and not gpu.bf16_native:
         report.problems.append(f"the plan trains in bf16 but cuda:{gpu.index} {gpu.name} (compute capability "
                                f"{gpu.capability[0]}.{gpu.capability[1]}) has no native bf16: set cost.hardware to "
