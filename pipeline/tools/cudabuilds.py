@@ -126,7 +126,7 @@ def driver_problem(driver: str, gpu: str, version: str, cuda: str | None) -> str
     else:
         other = (f"or install torch's CUDA {fallback} build (driver >= {old_enough}): {fallback_command(version)} "
                  f"(SkyPilot task and CUDA image: TORCH_INDEX_URL={INDEX}{FALLBACK})")
-    return (f"NVIDIA driver {driver} ({gpu}, nvidia-smi) is older than {needed}, the minimum for torch {version}'s "
+    return (f"NVIDIA driver {driver} ({gpu}) is older than {needed}, the minimum for torch {version}'s "
             f"CUDA {cuda} build: install driver >= {needed} or pick a VM image that has it; {other}")
 
 

@@ -193,15 +193,17 @@ def _driver(report: Report) -> bool:
     found = cudabuilds.nvidia_smi()
     if not found:
         nvml = nvml_driver_version()
-        found = [("NVML", nvml)] if nvml else None
+        found = [("read by NVML", nvml)] if nvml else None
     if not found:
         return False
     gpu, driver = found[0]
-    version = torch.__version__.split("+")[0]
-    cuda = torch.version.cuda or cudabuilds.cuda_of(*cudabuilds.build_of(cudabuilds.pinned_torch()))
-    build = "this torch build" if torch.version.cuda else "the CUDA build requirements.lock installs on a GPU host"
+    if torch.version.cuda:
+        version, cuda, build = torch.__version__.split("+")[0], torch.version.cuda, "this torch build"
+    else:
+        version = cudabuilds.pinned_torch()
+        cuda, build = cudabuilds.cuda_of(version, "pypi"), "the CUDA build requirements.lock installs on a GPU host"
     report.add("driver", f"NVIDIA driver {driver} ({gpu}); {build} is for CUDA {cuda}")
-    problem = cudabuilds.driver_problem(driver, gpu, version if torch.version.cuda else cudabuilds.pinned_torch(), cuda)
+    problem = cudabuilds.driver_problem(driver, gpu, version, cuda)
     if problem:
         report.problems.append(problem)
     if not torch.version.cuda:
