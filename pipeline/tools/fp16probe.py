@@ -216,6 +216,9 @@ def model_for(params: Params, checkpoint: Path | None, device: str = "cpu") -> t
     if checkpoint is not None:
         from pipeline.evaluation.loading import load_model
 
+        if not (checkpoint / "config.json").is_file():
+            raise PipelineError(f"--checkpoint {checkpoint}: no model there (no config.json): give a "
+                                "checkpoints/step-N directory or the trained model's (paths.model)")
         return load_model(checkpoint, torch.device(device)), str(checkpoint)
     from pipeline.data.tokens import MANIFEST_FILE, TokenManifest
     from pipeline.model.build import build_model
