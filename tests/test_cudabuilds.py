@@ -70,8 +70,9 @@ def test_the_skypilot_setup_stops_at_an_old_driver_before_it_installs_anything(t
     assert stopped.returncode == 2 and OLD in stopped.stderr and FALLBACK_PIP in stopped.stderr
     assert not (tmp_path / "called").exists()          # nothing installed, no venv made
     # the same driver with the CUDA 12.6 build asked for, and a new driver: setup goes on to install
-    for driver, index in ((OLD, cudabuilds.INDEX + "cu126"), (NEW, "")):
-        run(driver, index)
+    for driver, index, build in ((OLD, cudabuilds.INDEX + "cu126", "12.6"), (NEW, "", "13.0")):
+        done = run(driver, index)
+        assert f"NVIDIA driver {driver} (Tesla T4) runs torch 2.13.0's CUDA {build} build" in done.stdout
         assert (tmp_path / "called").read_text().startswith("python3.11 -m venv .venv")
 
 
@@ -80,12 +81,12 @@ def test_the_skypilot_setup_stops_at_an_old_driver_before_it_installs_anything(t
     ("2.13.0+cu126", "470.256.02", True), ("2.13.0+cpu", OLD, False)])
 def test_each_build_needs_its_own_driver(label, driver, too_old):
     version, build = cudabuilds.build_of(label)
-    assert (cudabuilds.driver_problem(driver, "Tesla T4", version, cudabuilds.cuda_of(version, build))
+    assert (cudabuilds.driver_problem("Tesla T4", driver, version, cudabuilds.cuda_of(version, build))
             is not None) == too_old
 
 
 def test_a_driver_too_old_for_every_build_gets_no_pip_command():
-    problem = cudabuilds.driver_problem("470.256.02", "Tesla T4", "2.13.0", "13.0")
+    problem = cudabuilds.driver_problem("Tesla T4", "470.256.02", "2.13.0", "13.0")
     assert "no torch build on PyTorch's indexes runs on it" in problem and "pip install" not in problem
 
 

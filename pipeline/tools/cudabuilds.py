@@ -110,7 +110,7 @@ def nvidia_smi() -> list[tuple[str, str]] | None:
     return found if done.returncode == 0 and found else None
 
 
-def driver_problem(driver: str, gpu: str, version: str, cuda: str | None) -> str | None:
+def driver_problem(gpu: str, driver: str, version: str, cuda: str | None) -> str | None:
     """One line when `driver` is too old for a torch `version` built for `cuda`, else None."""
     if cuda is None:
         return None
@@ -130,9 +130,10 @@ def driver_problem(driver: str, gpu: str, version: str, cuda: str | None) -> str
             f"CUDA {cuda} build: install driver >= {needed} or pick a VM image that has it; {other}")
 
 
-def preflight(*, lock: bool = False, environ: dict | None = None) -> str | None:
-    """The problem with this host's driver for the torch build it has (lock: is about to install;
-    a VM image's own torch is not the one the setup installs)."""
+def host_and_build(*, lock: bool = False, environ: dict | None = None) -> tuple[str, str, str, str | None] | None:
+    """(GPU, driver, torch version, CUDA version) of this host's first GPU and the torch build it has
+    (lock: is about to install; a VM image's own torch is not the one the setup installs); None
+    without nvidia-smi."""
     environ = os.environ if environ is None else environ
     gpus = nvidia_smi()
     if not gpus:
@@ -140,7 +141,13 @@ def preflight(*, lock: bool = False, environ: dict | None = None) -> str | None:
     installed = None if lock else installed_torch()
     version, build = build_of(installed or pinned_torch(), "" if installed else environ.get("TORCH_INDEX_URL", ""))
     gpu, driver = gpus[0]
-    return driver_problem(driver, gpu, version, cuda_of(version, build))
+    return gpu, driver, version, cuda_of(version, build)
+
+
+def preflight(*, lock: bool = False, environ: dict | None = None) -> str | None:
+    """The problem with this host's driver for the torch build it has or is about to install."""
+    found = host_and_build(lock=lock, environ=environ)
+    return driver_problem(*found) if found else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,10 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv not in ([], ["--lock"]):
         print("usage: python3 -m pipeline.tools.cudabuilds [--lock]", file=sys.stderr)
         return 2
-    problem = preflight(lock=argv == ["--lock"])
+    found = host_and_build(lock=argv == ["--lock"])
+    if not found:
+        return 0
+    problem = driver_problem(*found)
     if problem:
         print(f"driver check: {problem}", file=sys.stderr)
         return 2
+    gpu, driver, version, cuda = found
+    print(f"driver check: NVIDIA driver {driver} ({gpu}) runs torch {version}'s "
+          + (f"CUDA {cuda} build" if cuda else "CPU build (no GPU use)"))
     return 0
 
 

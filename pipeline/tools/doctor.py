@@ -203,7 +203,7 @@ def _driver(report: Report) -> bool:
         version = cudabuilds.pinned_torch()
         cuda, build = cudabuilds.cuda_of(version, "pypi"), "the CUDA build requirements.lock installs on a GPU host"
     report.add("driver", f"NVIDIA driver {driver} ({gpu}); {build} is for CUDA {cuda}")
-    problem = cudabuilds.driver_problem(driver, gpu, version, cuda)
+    problem = cudabuilds.driver_problem(gpu, driver, version, cuda)
     if problem:
         report.problems.append(problem)
     if not torch.version.cuda:
