@@ -30,7 +30,8 @@ MERGE_TAG = "tag:yaml.org,2002:merge"   # YAML `<<: *anchor`
 Positive = Field(gt=0)
 NonNegative = Field(ge=0)
 Fraction = Field(gt=0, lt=1)
-REPORT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# a reference text's or task's name: it names metrics, and a dot would split its params key
+REPORT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _not_a_boolean(value: Any) -> Any:
@@ -255,7 +256,7 @@ class Evaluate(Section):
     def _under_eval_data(cls, entries: dict[str, Path]) -> dict[str, Path]:
         for name, path in entries.items():
             if not REPORT_NAME.fullmatch(name):
-                raise ValueError(f"{name!r}: a name of letters, digits, '_', '-' and '.' (it names a metric)")
+                raise ValueError(f"{name!r}: a name of letters, digits, '_' and '-' (it names metrics)")
             if path.is_absolute() or ".." in path.parts or path == Path("."):
                 raise ValueError(f"{name}: {path} must be a path inside paths.eval_data, relative to it (DVC "
                                  "tracks that directory, so an edit to the file reruns evaluate)")
