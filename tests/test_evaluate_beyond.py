@@ -31,10 +31,16 @@ BELEBELE_EN = [("Models predict pieces.", "What do models predict?", ["Pieces", 
 PIQA_ITEM = {"goal": "Bake bread", "sol1": "use heat", "sol2": "use ice", "label": 0}
 GLOBAL_PIQA_AZ = [{"prompt": "Çörək bişirmək üçün", "solution0": "sobadan istifadə et.", "solution1": "buz qoy.", "label": 0},
                   {"prompt": "Çay dəmləmək üçün", "solution0": "soyuq su tök.", "solution1": "qaynar su tök.", "label": 1}]
+# INCLUDE's Azerbaijani exams: its group's six tasks each keep one domain of the same rows
+INCLUDE_DOMAINS = ["Business & Commerce", "Applied Science", "Arts & Humanities", "Social Science", "STEM",
+                   "Health oriented education"]
+INCLUDE_AZ = [{"question": f"Sual {i}?", "option_a": "bir", "option_b": "iki", "option_c": "üç", "option_d": "dörd",
+               "answer": i % 4, "domain": domain} for i, domain in enumerate(INCLUDE_DOMAINS * 2)]
 TASKS = {"belebele_azj_Latn": "belebele/azj_Latn.jsonl",            # a .jsonl file of the scored split
          "belebele_eng_Latn": "belebele-repo",                      # a dataset repository directory
          "global_piqa_nonparallel_cloze_azj_latn": "gpiqa/azj.parquet",
-         "piqa": "piqa/validation.csv"}
+         "piqa": "piqa/validation.csv",
+         "include_base_44_azerbaijani": "include/azerbaijani.jsonl"}   # a group, one file for its tasks
 
 
 def _belebele_rows(items, dialect):
@@ -57,6 +63,7 @@ def make_eval_data(root: Path) -> Path:
     _jsonl(data / "belebele-repo/data/eng_Latn.jsonl", _belebele_rows(BELEBELE_EN, "eng_Latn"))
     (data / "belebele-repo/README.md").write_text(   # the Hub repository's card declares its configs
         "---\nconfigs:\n- config_name: eng_Latn\n  data_files:\n  - split: test\n    path: data/eng_Latn.jsonl\n---\n")
+    _jsonl(data / "include/azerbaijani.jsonl", INCLUDE_AZ)
     (data / "gpiqa").mkdir()
     pd.DataFrame(GLOBAL_PIQA_AZ).to_parquet(data / "gpiqa/azj.parquet")
     (data / "piqa").mkdir()
@@ -163,9 +170,11 @@ def test_each_task_reports_metric_error_n_and_chance(evaluated):
     assert set(tasks) == set(TASKS)
     assert {name: (t["n"], t["chance"]) for name, t in tasks.items()} == {
         "belebele_azj_Latn": (3, 0.25), "belebele_eng_Latn": (2, 0.25),
-        "global_piqa_nonparallel_cloze_azj_latn": (2, 0.5), "piqa": (1, 0.5)}
+        "global_piqa_nonparallel_cloze_azj_latn": (2, 0.5), "piqa": (1, 0.5), "include_base_44_azerbaijani": (12, 0.25)}
+    assert tasks["include_base_44_azerbaijani"]["kind"] == "group"
+    assert len(tasks["include_base_44_azerbaijani"]["num_fewshot"]) == len(INCLUDE_DOMAINS)
     for name, task in tasks.items():
-        assert set(task["metrics"]) == {"acc", "acc_norm"}, name
+        assert set(task["metrics"]) == ({"acc"} if name.startswith("include") else {"acc", "acc_norm"}), name
         for m in task["metrics"].values():
             assert 0 <= m["value"] <= 1 and (m["stderr"] is None) == (task["n"] == 1)   # lm-eval: N/A for one item
             z = (m["value"] - task["chance"]) / (math.sqrt(task["chance"] * (1 - task["chance"]) / task["n"]))

@@ -93,18 +93,43 @@ def _entry(manager, name: str):
 
 
 def _build(manager, entry, source: Path, configs: Path):
-    """The task or group with its data from `source`, built (lm-eval reads the data and renders one
-    item here, so wrong columns fail before the model loads)."""
-    config = {"include": str(entry.yaml_path), entry.kind.name.lower(): entry.name, **_data_override(manager, entry, source)}
-    path = configs / f"{entry.name}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    """The task, or the group of tasks, with its data from `source`, built: lm-eval reads the data
+    and renders one item here, so wrong columns fail before the model loads."""
+    override = _data_override(manager, entry, source)
+    if entry.kind.name == "TASK":
+        return _build_task(manager, entry, override, source, configs)
+    # A group: its tasks built one by one, then put under it as lm-eval's own loader would (a
+    # group's config file or dict in lm-eval 0.4.13 hands the group's keys on to its tasks).
+    from lm_eval.api.group import Group
+    from lm_eval.config.group import GroupConfig
+
+    names = entry.cfg.get("task") or []
+    if not all(isinstance(n, str) and _is_task(manager, n) for n in names):
+        raise PipelineError(f"evaluate.tasks: group {entry.name!r} nests groups or inline tasks: name its "
+                            f"tasks one by one ({', '.join(map(str, names[:5]))})")
+    fields = {f for f in GroupConfig.__dataclass_fields__}
+    group = Group.from_config(GroupConfig(**{k: v for k, v in entry.cfg.items() if k in fields}))
+    for name in names:
+        group.add(_build_task(manager, manager.task_index[name], override, source, configs))
+    return group
+
+
+def _is_task(manager, name: str) -> bool:
+    entry = manager.task_index.get(name)
+    return entry is not None and entry.kind.name == "TASK"
+
+
+def _build_task(manager, entry, override: dict[str, Any], source: Path, configs: Path):
+    """A config file that includes the task's own (its !function references resolve from there)."""
+    spec = configs / f"{entry.name}.yaml"
+    spec.write_text(yaml.safe_dump({"include": str(entry.yaml_path), "task": entry.name, **override},
+                                   sort_keys=False), encoding="utf-8")
     try:
-        loaded = manager.load([str(path)])
+        return manager.load([str(spec)])["tasks"][entry.name]
     except Exception as exc:  # datasets and jinja raise many kinds for one cause: the data does not fit
         raise PipelineError(f"evaluate.tasks.{entry.name}: lm-eval cannot read {source} as its data "
                             f"({first_line(exc)}): give the split it scores with the columns its config "
                             "reads (eval/README.md)") from None
-    return (loaded.get("groups") or {}).get(entry.name) or loaded["tasks"][entry.name]
 
 
 def _data_override(manager, entry, source: Path) -> dict[str, Any]:
