@@ -112,6 +112,7 @@ def evaluated(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--params", str(ROOT / "params.yaml"), *sets],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (root / "stdout.txt").write_text(proc.stdout, encoding="utf-8")
     return root
 
 
@@ -198,6 +199,9 @@ def test_metrics_json_and_summary_show_them(evaluated):
     acc = bele["metrics"]["acc"]
     assert (f"| belebele_azj_Latn | acc | {acc['value']:.1%} | {acc['stderr']:.1%} | 3 | 25.0% | "
             f"{acc['vs_chance']} |") in summary
+    said = (evaluated / "stdout.txt").read_text(encoding="utf-8")   # and the stage says them
+    assert f"az: {result['reference_texts']['az']['bits_per_byte']:.4f} bits/byte" in said
+    assert f"belebele_azj_Latn acc: {acc['value']:.1%} ± {acc['stderr']:.1%} over 3 items, {acc['vs_chance']}" in said
 
 
 # ---- bad input: one line, exit 2, before the model loads ---------------------------------------

@@ -101,7 +101,17 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, eval_data
     print(f"val loss {result['val_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
           f"{result['bits_per_byte']:.4f} bits/byte over {final.tokens:,} tokens "
           f"(unigram baseline {baseline.as_dict()['val_loss']:.4f}) -> {summary_md}")
+    _say_beyond(reference_results, task_results)
     return result
+
+
+def _say_beyond(texts: dict[str, dict[str, Any]], tasks: dict[str, dict[str, Any]]) -> None:
+    for name, text in texts.items():
+        print(f"{name}: {text['bits_per_byte']:.4f} bits/byte over {text['bytes']:,} bytes")
+    for name, task in tasks.items():
+        for metric, m in task["metrics"].items():
+            error = "" if m["stderr"] is None else f" ± {m['stderr']:.1%}"
+            print(f"{name} {metric}: {m['value']:.1%}{error} over {task['n']:,} items, {m['vs_chance']}")
 
 
 def _as_dict(record) -> dict[str, Any] | None:
