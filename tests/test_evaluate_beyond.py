@@ -75,6 +75,7 @@ def _sets(root: Path, *extra: str) -> list[str]:
     """The CLI's --set arguments for the world under `root`."""
     params = make_params(root, f"paths.eval_data={root / 'eval'}")
     sets = [f"paths.{k}={v}" for k, v in params.paths.model_dump(mode="json").items() if v is not None]
+    sets += [f"model.{k}={getattr(params.model, k)}" for k in ("architecture", "n_layer", "n_embd", "n_head")]
     sets += [f"model.context={CONTEXT}", "evaluate.batch_size=3", "evaluate.max_new_tokens=8",
              "evaluate.checkpoints=none", "train.device=cpu", "train.tokens_per_step=1024", *extra]
     return [a for s in sets for a in ("--set", s)]
