@@ -129,6 +129,9 @@ PLAN = Artifact("plan", "{reports}/plan.json", role="report", by_content=True)  
 COST = Artifact("cost", "{reports}/cost.json", role="report")           # pipeline/stages/estimate.py: CostReport
 COST_MD = Artifact("cost_md", "{reports}/cost.md", role="report", kept_on_failure=True)
 MODEL = Artifact("model", "{model}", directory=True, files=_MODEL_FILES)   # save_pretrained
+# evaluate.reference_texts and evaluate.tasks name files in it (eval/README.md); Snakemake declares
+# those files, DVC the directory (its deps cannot follow a list in params.yaml)
+EVAL_DATA = Artifact("eval_data", "{eval_data}", directory=True)
 CHECKPOINTS = Artifact("checkpoints", "{checkpoints}", directory=True, role="persistent")  # pipeline/engine/checkpoint/
 TRAIN_LIVE = Artifact("train_live", "{reports}/train_live", directory=True, role="report")  # DVCLive
 # by content too: whether train reruns is known only once estimate has run (a price edit reruns
@@ -238,7 +241,7 @@ STAGES: tuple[Stage, ...] = (
         name="evaluate",
         help="validation loss, perplexity, samples, estimate against actual",
         # It also reads the model, the training curves and the checkpoints (READS_UNDECLARED).
-        inputs=(TOKENS, TOKENIZER, TRAIN_REPORT),
+        inputs=(TOKENS, TOKENIZER, EVAL_DATA, TRAIN_REPORT),
         # model: its report records the section (the model it evaluated); a model change retrains,
         # and evaluate follows train, so this reruns it no more often
         params=("paths", "model", "train.device", "train.tokens_per_step", "evaluate"),

@@ -38,7 +38,7 @@ def load_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except Exception as exc:  # transformers raises OSError, ValueError, json errors... for one cause
-        raise PipelineError(f"no usable tokenizer in {model_dir} ({_first_line(exc)}): save the tokenizer "
+        raise PipelineError(f"no usable tokenizer in {model_dir} ({first_line(exc)}): save the tokenizer "
                             "with the model (tokenizer.save_pretrained into the same directory)") from None
 
 
@@ -88,7 +88,7 @@ def load_model(model_dir: Path, device: torch.device) -> PreTrainedModel:
         net, info = AutoModelForCausalLM.from_pretrained(
             model_dir, local_files_only=True, dtype=torch.float32, output_loading_info=True)
     except Exception as exc:  # missing config, truncated safetensors, unknown architecture...
-        raise PipelineError(f"the model in {model_dir} cannot be loaded ({_first_line(exc)}): it is "
+        raise PipelineError(f"the model in {model_dir} cannot be loaded ({first_line(exc)}): it is "
                             "incomplete or corrupt; rerun the train stage or restore the directory") from None
     # from_pretrained fills absent tensors with random values and only warns: refuse that.
     absent = sorted(set(info["missing_keys"]) | {str(k) for k in info["mismatched_keys"]})
@@ -161,6 +161,6 @@ def _require_dir(path: Path) -> None:
                             "to a directory written by save_pretrained")
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
