@@ -14,6 +14,12 @@ from pipeline.cost import forecast_record
 PLANNED_ENDS = ("max_steps", "max_tokens")   # a run that ended on its schedule: a point of the law
 
 
+def held_against(train: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The forecast against the run (compare), and the run kept for later forecasts (remember)."""
+    remember(train)
+    return compare(train)
+
+
 def compare(train: dict[str, Any] | None) -> dict[str, Any] | None:
     """None when the run was estimated without cost.forecast."""
     fc = ((train or {}).get("estimate") or {}).get("forecast")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.reports import forecast_check
+
 
 # quantity -> (unit shown to people, label, +1 when more is worse / -1 when less is worse)
 QUANTITIES = {
@@ -134,6 +136,7 @@ def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: di
     out.append(f"- **Training**: {_training_line(train, files['train'])}")
     out += ["", *_quality(result), "", *_beyond(result), "", *_checkpoints(result), "", *_samples(samples, files["samples"]), "",
             *_cost(result["estimate_vs_actual"]), "", *_files(model_dir, ckpt_dir, files), ""]
+    out += [*forecast_check.markdown(result.get("forecast_vs_actual")), ""] if result.get("forecast_vs_actual") else []
     return "\n".join(out)
 
 

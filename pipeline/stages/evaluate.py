@@ -84,25 +84,22 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, eval_data
         "checkpoints": ckpt_results,
         "best_vs_final": report.best_vs_final(ckpt_manifest, ckpt_results, final),
         "estimate_vs_actual": eva,
-        "forecast_vs_actual": forecast_check.compare(train),
+        "forecast_vs_actual": forecast_check.held_against(train),   # and the run kept for later forecasts
         "stop_reason": (train or {}).get("stop_reason"),
         "samples": len(samples_out),
         "reference_texts": reference_results,
         "tasks": task_results,
     }
     live = plots.read_live(Path(train_live), params.train.tokens_per_step)
-    plots.write_all(Path(plots_dir), live, ckpt_results, eva, baseline.as_dict()["val_loss"],
-                    forecast=result["forecast_vs_actual"])
+    plots.write_all(Path(plots_dir), live, ckpt_results, eva, baseline.as_dict()["val_loss"], result["forecast_vs_actual"])
     write_text(samples_md, report.samples_markdown(samples_out, ev))
     files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": Path(params.paths.reports) / "cost.json", "train": train_report,
              "metrics": metrics}
-    summary = report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files)
-    write_text(summary_md, "\n".join([summary.rstrip("\n"), "", *forecast_check.markdown(result["forecast_vs_actual"])]) + "\n")
+    write_text(summary_md, report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files))
     used = {k: params.section(k) for k in ("paths", "model", "evaluate")}
     used["train"] = {"device": params.train.device, "tokens_per_step": params.train.tokens_per_step}
     write_json(eval_report, {**result, **provenance.record(used)})
     headline.write(metrics, result)   # reports/metrics.json: what `dvc exp show` compares
-    forecast_check.remember(train)    # a later forecast of this corpus fits to this run too
     print(f"val loss {result['val_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
           f"{result['bits_per_byte']:.4f} bits/byte over {final.tokens:,} tokens "
           f"(unigram baseline {baseline.as_dict()['val_loss']:.4f}) -> {summary_md}")
