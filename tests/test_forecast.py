@@ -129,3 +129,26 @@ def test_evaluate_words_hold_the_forecast_against_the_run_and_remember_it(tmp_pa
                                                        "val_loss": 1.9}}
     assert not forecast_check.remember({**train, "stop_reason": "early_stopping"})   # LR still high: no law point
     assert forecast_check.compare({"estimate": {}}) is None
+
+
+def test_a_finished_run_of_the_corpus_joins_the_fit_but_never_its_own(demo_tokens, tmp_path, monkeypatch):
+    from pipeline.cost import forecast
+    from pipeline.data.tokens import TokenManifest
+    from pipeline.engine.identity import run_id
+
+    monkeypatch.setenv("BUDGETGPT_CACHE_DIR", str(tmp_path))
+    params = small(demo_tokens, tmp_path)
+    manifest = TokenManifest.read(params.paths.tokens / "manifest.json")
+    pilots = [{"parameters": n, "tokens": d, "val_loss": law_loss(n, d)} for n in (3e4, 6e4, 1.2e5)
+              for d in (2e5, 4e5, 8e5)]
+    key = forecast_record.law_key(params, manifest)
+    forecast_record.remember_run(key, run_id(params, manifest), parameters=240_000, tokens=8_000_000,
+                                 unique_tokens=10**12, val_loss=9.9)
+    assert forecast._fit(params, manifest, pilots)[1]["recorded_runs"] == 0      # its own record: left out
+    truth = law_loss(2.4e5, 8e6)
+    forecast_record.remember_run(key, "another-seed", parameters=240_000, tokens=8_000_000, unique_tokens=10**12,
+                                 val_loss=truth + 0.3)
+    law, points = forecast._fit(params, manifest, pilots)
+    assert points["recorded_runs"] == 1 and points["runs_weight"] == 9
+    # weighing as much as the 9 pilots, the measured run pulls the forecast at its size toward it
+    assert law.loss(2.4e5, 8e6, 10**12) > truth + 0.1
