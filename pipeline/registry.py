@@ -216,6 +216,7 @@ STAGES: tuple[Stage, ...] = (
                 "train.checkpoint_every",   # what a spot reclaim loses (pipeline/cost/spot.py)
                 "train.eval_batches", "train.micro_batch_size", "train.precision",
                 "train.activation_checkpointing", "train.device", "train.seed",
+                "train.compile",            # refused on a GPU below compute capability 8.0 (cost/planner.py)
                 # the rest of the run's identity (pipeline/engine/identity.py): a learned MFU is never
                 # the priced run's own (pipeline/cost/pricing.py), so another run may price this one
                 "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.beta1",
