@@ -2,7 +2,7 @@
 Architecture's formulas match the built model (parameters, FLOPs against torch's FlopCounterMode,
 memory against MemTracker, with tests/test_compute.py's helpers), and nothing outside its file
 knows its name. A new architecture is tested here without a line of test code. The rotary decoder
-family's flags that no shipped member sets (biases) are tested on a member that sets them.
+family's flags that no shipped member sets (biases, a plain MLP) are tested on members that set them.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import ArceeConfig, ArceeForCausalLM, LlamaConfig, LlamaForCausalLM
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.core import params as params_module
@@ -115,16 +115,26 @@ def test_architecture_specific_code_is_only_in_its_file():
     assert not found, "\n".join(found)
 
 
-def test_the_rotary_bias_flags_match_the_built_model(monkeypatch):
-    """llama with biases on every projection (the classes' attention_bias and mlp_bias): its
-    parameters, FLOPs and memory against the built model."""
-    plain = compute.parameter_count(tiny("llama"), VOCAB)
-    biased = RotaryDecoder("llama", LlamaForCausalLM, LlamaConfig, attention_bias=True, mlp_bias=True)
-    monkeypatch.setitem(ARCHITECTURES, "llama", rotary_decoder(biased))
+# members of the rotary decoder family with the flags no shipped member sets, on the Transformers
+# classes that have them: biases on every projection (Llama's attention_bias and mlp_bias), and a
+# plain MLP (Arcee's act(x Wu) Wd, relu2)
+FLAGGED = {"biases": RotaryDecoder("llama", LlamaForCausalLM, LlamaConfig, attention_bias=True, mlp_bias=True),
+           "not-gated": RotaryDecoder("llama", ArceeForCausalLM, ArceeConfig, gated=False, activation="relu2")}
+
+
+@pytest.mark.parametrize("flags", FLAGGED)
+def test_the_rotary_flags_no_member_sets_match_the_built_model(monkeypatch, flags):
+    """Their parameters, FLOPs and memory, as every registered architecture's, under the name llama."""
+    plain = compute.hidden_matrix_shapes(tiny("llama")), compute.vector_parameters(tiny("llama"))
+    monkeypatch.setitem(ARCHITECTURES, "llama", rotary_decoder(FLAGGED[flags]))
     model = tiny("llama")
-    d, width = model.n_embd, 192   # the default MLP width at 64
-    assert compute.parameter_count(model, VOCAB) - plain == model.n_layer * (4 * d + 2 * width + d)
+    if flags == "biases":
+        d, width = model.n_embd, 192   # the default MLP width at 64
+        assert compute.vector_parameters(model) - plain[1] == model.n_layer * (4 * d + 2 * width + d)
+    else:
+        assert len(compute.hidden_matrix_shapes(model)) == len(plain[0]) - model.n_layer   # no gate_proj
     test_parameters_match_the_built_model("llama", True)
     test_flops_match_flop_counter("llama")
-    for precision, checkpointing, optimizer in [("fp16", False, "adamw"), ("fp16", True, "muon")]:
+    for precision, checkpointing, optimizer in [("fp32", False, "adamw"), ("fp16", False, "adamw"),
+                                                ("fp16", True, "muon")]:
         test_training_memory_matches_mem_tracker("llama", precision, checkpointing, optimizer)

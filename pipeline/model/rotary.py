@@ -1,7 +1,7 @@
 """The rotary decoder family: Llama's form and those that share it (Touvron et al., arXiv:2302.13971):
-rotary positions (RoPE), RMSNorm before attention and before the MLP, a gated MLP (SwiGLU with
-silu), one key/value head per query head (no grouped-query attention), no sliding window. What its
-members differ in is data, flags of RotaryDecoder, as litgpt's config.py keeps architectures: an
+rotary positions (RoPE), RMSNorm before attention and before the MLP, one key/value head per query
+head (no grouped-query attention), no sliding window. What its members differ in is data, flags of
+RotaryDecoder (QK-norm, a gated MLP, biases), as litgpt's config.py keeps architectures: an
 architecture of this form is one call,
 
     SPEC = rotary_decoder(RotaryDecoder(name, SomeForCausalLM, SomeConfig, qk_norm=True))
@@ -30,6 +30,8 @@ class RotaryDecoder:
     model_class: type[PreTrainedModel]
     config_class: type[PretrainedConfig]
     qk_norm: bool = False              # an RMSNorm on every head's queries and keys (Qwen3)
+    gated: bool = True                 # MLP act(x Wg) * x Wu, then Wd (SwiGLU with silu); False: act(x Wu) Wd
+    activation: str = "silu"           # what model.mlp_activation: auto means (Transformers' ACT2FN name)
     attention_bias: bool = False       # biases on q, k, v and o (the config's attention_bias)
     mlp_bias: bool = False             # biases on gate, up and down (the config's mlp_bias)
     # the config's other keys this member needs (e.g. a sliding window turned off)
@@ -42,9 +44,9 @@ def rotary_decoder(member: RotaryDecoder) -> Architecture:
         name=member.name,
         model_class=member.model_class,
         config=partial(_config, member),
-        own_activation="silu",   # gated: SwiGLU (Shazeer, arXiv:2002.05202)
-        default_mlp_width=default_mlp_width,
-        block_matrices=block_matrices,
+        own_activation=member.activation,
+        default_mlp_width=partial(_default_mlp_width, member),
+        block_matrices=partial(_block_matrices, member),
         block_vectors=partial(_block_vectors, member),
         final_norm_parameters=lambda n_embd: n_embd,  # norm
         learned_positions=False,
@@ -80,20 +82,22 @@ def _config(member: RotaryDecoder, model: Model, vocab_size: int, eos_token_id: 
     )
 
 
-def default_mlp_width(n_embd: int) -> int:
-    """8d/3 rounded up to a multiple of 64: the gated MLP's three matrices then hold about as many
-    parameters as GPT-2's two at 4d, as in Llama (Touvron et al., arXiv:2302.13971, section 2)."""
-    return 64 * math.ceil(8 * n_embd / 3 / 64)
+def _default_mlp_width(member: RotaryDecoder, n_embd: int) -> int:
+    """4d, as GPT-2's; gated, 8d/3 rounded up to a multiple of 64: its three matrices then hold about
+    as many parameters as two at 4d, as in Llama (Touvron et al., arXiv:2302.13971, section 2)."""
+    return 64 * math.ceil(8 * n_embd / 3 / 64) if member.gated else 4 * n_embd
 
 
-def block_matrices(model: Model, width: int) -> list[tuple[int, int]]:
+def _block_matrices(member: RotaryDecoder, model: Model, width: int) -> list[tuple[int, int]]:
     d = model.n_embd
-    return [(d, d)] * 4 + [(width, d), (width, d), (d, width)]  # Linear (out, in): q, k, v, o, gate, up, down
+    gate = [(width, d)] if member.gated else []
+    return [(d, d)] * 4 + gate + [(width, d), (d, width)]  # Linear (out, in): q, k, v, o, (gate), up, down
 
 
 def _biases(member: RotaryDecoder, model: Model, width: int) -> int:
     d = model.n_embd
-    return (4 * d if member.attention_bias else 0) + (2 * width + d if member.mlp_bias else 0)
+    mlp = (2 if member.gated else 1) * width + d
+    return (4 * d if member.attention_bias else 0) + (mlp if member.mlp_bias else 0)
 
 
 def _block_vectors(member: RotaryDecoder, model: Model, width: int) -> int:
@@ -108,7 +112,9 @@ def _block_memory(member: RotaryDecoder, step: MicroStep) -> BlockMemory:
     mean, rsqrt, two muls): it saves its input, the 1/rms per row and the normalized input.
     Autocast caches only weights, so each of q/k/v_proj and gate/up_proj casts the same norm output
     anew and saves its own copy. QK-norm turns q and k to fp32 and back; RoPE multiplies by cos and
-    sin, which need no gradient, so it saves nothing per token; a bias adds no saved tensor."""
+    sin, which need no gradient, so it saves nothing per token; a bias adds no saved tensor. The
+    activation saves one tensor (FUSED_ACTIVATIONS) and the matmul after it another; gated, the
+    gate x up product saves both factors."""
     if step.attention != "sdpa":
         raise ValueError(f"no memory model for {member.name} with attention {step.attention!r}")
     if step.activation not in FUSED_ACTIVATIONS:
@@ -128,9 +134,10 @@ def _block_memory(member: RotaryDecoder, step: MicroStep) -> BlockMemory:
     block = (norm + qkv_in + (qk_norm if member.qk_norm else 0)
              + sdpa                      # the kernel's output is laid out (B, T, H, hd): o_proj's input
              + norm + mlp_in
-             + 4 * a * w)                # gate output (or relu's), act output, up output, their product
+             + (4 if member.gated else 2) * a * w)  # gate output (or relu's), act output, up output, their
+                                                     # product; not gated: up output (or relu's), act output
     head = norm + a * d                  # final norm, lm_head input (its cast, or the gain's output)
-    matrices = 4 * d * d + 3 * d * w
+    matrices = sum(rows * cols for rows, cols in _block_matrices(member, step.model, w))
     layer_casts = matrices + _biases(member, step.model, w) if step.autocast else 0
     # recomputing a block, its input is the checkpoint's saved one and the final norm's saved
     # tensors are gone (measured)
@@ -140,9 +147,9 @@ def _block_memory(member: RotaryDecoder, step: MicroStep) -> BlockMemory:
 
 def _backward(step: MicroStep) -> int:
     """Bytes in flight while a block runs backward (beyond its saved tensors): the gradient of its
-    output (fp32) and, at down_proj, its cast, the gradient of the MLP product and the weight
-    gradient before it is added to .grad; or, one op later, at the gate x up product, the
-    gradients of both factors. A tied lm_head's weight gradient waits for the embedding's (autograd
+    output (fp32) and, at down_proj, its cast, the gradient of down_proj's input and the weight
+    gradient before it is added to .grad; or, one op later, at the gate x up product (not gated:
+    the activation), the gradients of both its inputs (its input's and its output's). A tied lm_head's weight gradient waits for the embedding's (autograd
     sums both before accumulating), all through the blocks' backward."""
     d, w, a, tokens = step.model.n_embd, step.mlp_width, step.value_bytes, step.tokens
     down = tokens * (4 * d + (a * d if step.autocast else 0) + a * w) + a * d * w
