@@ -149,8 +149,9 @@ def _backward(step: MicroStep) -> int:
     """Bytes in flight while a block runs backward (beyond its saved tensors): the gradient of its
     output (fp32) and, at down_proj, its cast, the gradient of down_proj's input and the weight
     gradient before it is added to .grad; or, one op later, at the gate x up product (not gated:
-    the activation), the gradients of both its inputs (its input's and its output's). A tied lm_head's weight gradient waits for the embedding's (autograd
-    sums both before accumulating), all through the blocks' backward."""
+    the activation), the gradients of both its inputs (its input's and its output's). A tied
+    lm_head's weight gradient waits for the embedding's (autograd sums both before accumulating),
+    all through the blocks' backward."""
     d, w, a, tokens = step.model.n_embd, step.mlp_width, step.value_bytes, step.tokens
     down = tokens * (4 * d + (a * d if step.autocast else 0) + a * w) + a * d * w
     product = tokens * (4 * d + 2 * a * w)
