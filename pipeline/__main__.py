@@ -25,7 +25,7 @@ TOOLS = {
     "dag": ("pipeline.tools.dag", "write dvc.yaml from the stage registry, or --check that it is current"),
     "doctor": ("pipeline.tools.doctor", "before paying for a run: is this machine ready for it? (exit 2 if not)"),
     "fp16-probe": ("pipeline.tools.fp16probe", "fp16 headroom of the planned model or a checkpoint, measured in fp32 (exit 2 if short)"),
-    "gpu-check": ("pipeline.tools.gpucheck", "on a new GPU: measure memory, speed and the 4 GB / 16 GB plans (reports/gpu-check.md)"),
+    "gpu-check": ("pipeline.tools.gpucheck.command", "on a new GPU: measure memory, speed and the 4 GB / 16 GB plans (reports/gpu-check.md)"),
 }
 
 

@@ -1,7 +1,8 @@
 """Every registered architecture, one file each (pipeline/model/architectures/): it builds, its
 Architecture's formulas match the built model (parameters, FLOPs against torch's FlopCounterMode,
 memory against MemTracker, with tests/test_compute.py's helpers), and nothing outside its file
-knows its name. A new architecture is tested here without a line of test code.
+knows its name. A new architecture is tested here without a line of test code. The rotary decoder
+family's flags that no shipped member sets (biases, a plain MLP) are tested on members that set them.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import ArceeConfig, ArceeForCausalLM, LlamaConfig, LlamaForCausalLM
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.core import params as params_module
@@ -20,6 +22,7 @@ from pipeline.core.params import ARCHITECTURES_DIR, architecture_names
 from pipeline.model import compute
 from pipeline.model.build import count_parameters
 from pipeline.model.registry import ARCHITECTURES, lookup
+from pipeline.model.rotary import RotaryDecoder, rotary_decoder
 from pipeline.registry import code_deps
 from test_compute import MEMORY_TOLERANCE, built, counted_flops_per_token, shape, tracked_peak
 
@@ -110,3 +113,28 @@ def test_architecture_specific_code_is_only_in_its_file():
             found += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}" for name in NAMES
                       if name in node.value.lower()]
     assert not found, "\n".join(found)
+
+
+# members of the rotary decoder family with the flags no shipped member sets, on the Transformers
+# classes that have them: biases on every projection (Llama's attention_bias and mlp_bias), and a
+# plain MLP (Arcee's act(x Wu) Wd, relu2)
+FLAGGED = {"biases": RotaryDecoder("llama", LlamaForCausalLM, LlamaConfig, attention_bias=True, mlp_bias=True),
+           "not-gated": RotaryDecoder("llama", ArceeForCausalLM, ArceeConfig, gated=False, activation="relu2")}
+
+
+@pytest.mark.parametrize("flags", FLAGGED)
+def test_the_rotary_flags_no_member_sets_match_the_built_model(monkeypatch, flags):
+    """Their parameters, FLOPs and memory, as every registered architecture's, under the name llama."""
+    plain = compute.hidden_matrix_shapes(tiny("llama")), compute.vector_parameters(tiny("llama"))
+    monkeypatch.setitem(ARCHITECTURES, "llama", rotary_decoder(FLAGGED[flags]))
+    model = tiny("llama")
+    if flags == "biases":
+        d, width = model.n_embd, 192   # the default MLP width at 64
+        assert compute.vector_parameters(model) - plain[1] == model.n_layer * (4 * d + 2 * width + d)
+    else:
+        assert len(compute.hidden_matrix_shapes(model)) == len(plain[0]) - model.n_layer   # no gate_proj
+    test_parameters_match_the_built_model("llama", True)
+    test_flops_match_flop_counter("llama")
+    for precision, checkpointing, optimizer in [("fp32", False, "adamw"), ("fp16", False, "adamw"),
+                                                ("fp16", True, "muon")]:
+        test_training_memory_matches_mem_tracker("llama", precision, checkpointing, optimizer)

@@ -64,7 +64,7 @@ def test_a_stages_code_deps_are_the_code_that_can_change_its_outputs():
     # the tokenizer never depends on the model, the cost model or the engine
     assert not {d for d in deps["tokenize"] if d.startswith(("pipeline/model/", "pipeline/cost/", "pipeline/engine/"))}
     # only train runs as several processes: a launcher edit reruns it and nothing before it
-    launcher = {"pipeline/core/launch.py", "pipeline/core/multinode.py"}
+    launcher = {"pipeline/core/launch.py", "pipeline/core/multinode.py", "pipeline/core/torchrun.py"}
     assert launcher <= deps["train"] and not launcher & (deps["tokenize"] | deps["estimate"] | deps["evaluate"])
 
 

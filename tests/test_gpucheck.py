@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.tools import gpucheck
-from pipeline.cost import hardware
 from pipeline.core import params as params_module
+from pipeline.core.errors import PipelineError
+from pipeline.cost import hardware
 from pipeline.cost.hardware import GIB
+from pipeline.tools.gpucheck import command, machine, packages, paidrun, plans, report
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
@@ -26,7 +27,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an 
 OPTIONAL = {"pynvml", "tokenizers", "fsspec"}
 
 
-def args(tmp_path, device="cpu", time_limit=gpucheck.TIME_LIMIT_S):
+def args(tmp_path, device="cpu", time_limit=command.TIME_LIMIT_S):
     return argparse.Namespace(device=device, out=tmp_path / "reports", time_limit=time_limit)
 
 
@@ -35,7 +36,7 @@ def cpu_check(tmp_path_factory):
     """make gpu-check DEVICE=cpu, in process: (exit status, gpu-check.json, gpu-check.md)."""
     tmp_path = tmp_path_factory.mktemp("gpucheck")
     params = params_module.load([ROOT / "params.yaml"], [f"paths.reports={tmp_path / 'unused'}"])
-    code = gpucheck.main(params, args(tmp_path))
+    code = command.main(params, args(tmp_path))
     reports = tmp_path / "reports"
     return code, json.loads((reports / "gpu-check.json").read_text()), (reports / "gpu-check.md").read_text()
 
@@ -76,7 +77,7 @@ def test_cpu_check_predicts_the_plans_without_training_them(cpu_check):
 def test_cpu_check_probes_the_trained_demo_models_fp16_headroom(cpu_check):
     _, result, text = cpu_check
     headroom = result["fp16_headroom"]
-    assert headroom["source"] == f"params.model after {gpucheck.HEADROOM_STEPS['cpu']} training steps in fp32 on cpu"
+    assert headroom["source"] == f"params.model after {paidrun.HEADROOM_STEPS['cpu']} training steps in fp32 on cpu"
     assert [layer["name"] for layer in headroom["layers"]] == [f"block {i}" for i in range(4)] + ["lm_head"]
     assert all(layer["activation_margin"] > headroom["safety"] for layer in headroom["layers"])
     assert "## fp16 headroom" in text and "| block 3 |" in text and "fp16 headroom: ok" in text
@@ -93,12 +94,12 @@ def test_cpu_check_markdown(cpu_check):
 
 def test_no_cuda_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(gpucheck.PipelineError, match="sees no CUDA GPU.*DEVICE=cpu"):
-        gpucheck.run(params_module.load(DEMO), device="cuda")
+    with pytest.raises(PipelineError, match="sees no CUDA GPU.*DEVICE=cpu"):
+        command.run(params_module.load(DEMO), device="cuda")
 
 
 def test_the_time_limit_skips_what_is_left(tmp_path):
-    result = gpucheck.run(params_module.load(DEMO), device="cpu", time_limit_s=0)
+    result = command.run(params_module.load(DEMO), device="cpu", time_limit_s=0)
     assert all(c["status"] == "skipped" and "time limit" in c["note"] for c in result["configs"])
     assert result["problems"] == []
 
@@ -106,7 +107,7 @@ def test_the_time_limit_skips_what_is_left(tmp_path):
 # ---- what to install ----------------------------------------------------------------------------
 
 def test_install_line_pins_from_the_lock_but_not_torch():
-    line = gpucheck.install_line(["pydantic", "PyYAML", "torch"])
+    line = packages.install_line(["pydantic", "PyYAML", "torch"])
     lock = (ROOT / "requirements.lock").read_text()
     pydantic = next(l for l in lock.splitlines() if l.startswith("pydantic=="))
     assert line.count("\n") == 0 and f"pip install {pydantic} PyYAML==" in line
@@ -117,8 +118,8 @@ def test_missing_packages_are_named_before_anything_is_imported():
     code = ("import importlib.util as u, sys\n"
             "real = u.find_spec\n"
             "u.find_spec = lambda name, *a: None if name in ('pydantic', 'yaml') else real(name, *a)\n"
-            "from pipeline.tools import gpucheck\n"
-            "code = gpucheck.cli(['--device', 'cpu'])\n"
+            "from pipeline.tools.gpucheck.command import cli\n"
+            "code = cli(['--device', 'cpu'])\n"
             "print(sorted(m for m in ('torch', 'transformers', 'pydantic', 'yaml') if m in sys.modules))\n"
             "sys.exit(code)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -130,7 +131,7 @@ def test_an_older_transformers_is_named_too(monkeypatch):
     import transformers
 
     monkeypatch.delattr(transformers.PreTrainedModel, "activation_checkpointing_enable")
-    line = gpucheck.preflight()
+    line = packages.preflight()
     assert line.count("\n") == 0 and "activation_checkpointing_enable: pip install transformers==" in line
 
 
@@ -155,7 +156,7 @@ def _third_party_imports(start: str) -> set[str]:
 
 
 def test_required_lists_every_package_the_check_imports():
-    assert _third_party_imports("pipeline.tools.gpucheck") <= set(gpucheck.REQUIRED) | OPTIONAL
+    assert _third_party_imports("pipeline.tools.gpucheck.command") <= set(packages.REQUIRED) | OPTIONAL
 
 
 def test_the_standalone_command_has_help():
@@ -198,31 +199,31 @@ def cuda_result(**changes):
 
 
 def test_judge_accepts_measurements_within_the_headroom():
-    assert gpucheck.judge(cuda_result()) == ([], [])
+    assert report.judge(cuda_result()) == ([], [])
 
 
 def test_judge_flags_an_under_predicting_memory_model():
     measured = {"how": "x", "tensor_peak_bytes": int(6.8 * GIB)}  # over 6 / (1 - 0.1)
-    problems, _ = gpucheck.judge(cuda_result(config={"measured": measured}))
+    problems, _ = report.judge(cuda_result(config={"measured": measured}))
     assert len(problems) == 1 and "more than the predicted 6.000 GiB" in problems[0]
 
 
 def test_judge_flags_out_of_memory_and_overflow():
-    problems, _ = gpucheck.judge(cuda_result(config={"fp16_skipped_steps": 5},
+    problems, _ = report.judge(cuda_result(config={"fp16_skipped_steps": 5},
                                              plan={"status": "out of memory", "steps": 3, "note": "CUDA out of memory"}))
     assert any("every fp16 step overflowed" in p for p in problems)
     assert any("ran out of memory under the 3.80 GiB cap after 3 steps" in p for p in problems)
 
 
 def test_judge_notes_a_runtime_larger_than_the_allowance():
-    _, notes = gpucheck.judge(cuda_result(outside_allocator_bytes=int(1.5 * GIB)))
+    _, notes = report.judge(cuda_result(outside_allocator_bytes=int(1.5 * GIB)))
     assert any("held outside torch's allocator" in n and "runtime_overhead_gib" in n for n in notes)
     assert any("tight on the real card" in n for n in notes)  # 2.6 + 1.5 > 3.8
 
 
 def test_judge_flags_what_a_first_paid_run_would_meet():
     allowed_but_fails = {"planner_allows": True, "planner_says": "", "runs": False, "note": "RuntimeError: no sm_75"}
-    problems, _ = gpucheck.judge(cuda_result(
+    problems, _ = report.judge(cuda_result(
         preflight={"driver_problem": "NVIDIA driver 535.183.01 (Tesla T4, nvidia-smi) is older than 580",
                    "compile": allowed_but_fails},
         headroom_problems=["fp16 headroom: model.layers.1.mlp.up_proj output reaches 1.2e+05"],
@@ -230,13 +231,13 @@ def test_judge_flags_what_a_first_paid_run_would_meet():
     assert [p.split(" ")[0] for p in problems] == ["NVIDIA", "torch.compile", "fp16", "params"]
     assert "SDPA ran the math kernel" in problems[-1]
     stale = {"planner_allows": False, "planner_says": "refused", "runs": True, "note": ""}
-    assert any("may be out of date" in n for n in gpucheck.judge(cuda_result(preflight={"compile": stale}))[1])
+    assert any("may be out of date" in n for n in report.judge(cuda_result(preflight={"compile": stale}))[1])
 
 
 def test_cuda_markdown():
     result = cuda_result()
-    result["problems"], result["warnings"] = gpucheck.judge(result)
-    text = gpucheck.markdown(result)
+    result["problems"], result["warnings"] = report.judge(result)
+    text = report.markdown(result)
     for expected in ("# GPU check: Tesla T4 (cuda)", "compute capability 7.5, bf16 emulated", "driver 570.86",
                      "NVML energy counter: reads", "usable here for GPT-2 attention in fp16: mem_efficient",
                      "| rtx2050-laptop-4gb | micro-batch 1 x 20 accum, bf16 | 2.90 |", "| fp16 | 20 |",
@@ -253,10 +254,10 @@ def test_cuda_markdown():
 @pytest.mark.cuda
 @needs_cuda
 def test_cuda_check_on_the_demo_model(tmp_path, monkeypatch):
-    real_models = gpucheck._models
-    monkeypatch.setattr(gpucheck, "_models", lambda params, kind: real_models(params, kind)[:1])  # demo only
+    real_models = command.models
+    monkeypatch.setattr(command, "models", lambda params, kind: real_models(params, kind)[:1])  # demo only
     params = params_module.load([ROOT / "params.yaml"])
-    code = gpucheck.main(params, args(tmp_path, device="cuda"))
+    code = command.main(params, args(tmp_path, device="cuda"))
     result = json.loads((tmp_path / "reports" / "gpu-check.json").read_text())
     assert code == 0, result["problems"]
     fp16 = [c for c in result["configs"] if c["precision"] == "fp16"]
@@ -275,12 +276,12 @@ def test_cuda_check_on_the_demo_model(tmp_path, monkeypatch):
 @needs_cuda
 def test_a_plan_over_its_cap_is_reported_and_the_cap_lifted():
     params = params_module.load([ROOT / "params.yaml"])
-    machine = gpucheck._cuda_machine(params)
+    gpu = machine.cuda_machine(params)
     from pipeline.cost.planner import plan_for
 
     fit = plan_for(params, hardware.get_device(params.cost.model_copy(update={"hardware": "t4-16gb"})), 32000)
-    proof = gpucheck.PlanProof("t4-16gb", cap_bytes=256 * 2**20)
-    gpucheck._run_capped(proof, fit.plan, params, machine)
+    proof = plans.PlanProof("t4-16gb", cap_bytes=256 * 2**20)
+    plans._run_capped(proof, fit.plan, params, gpu)
     assert proof.status == "out of memory" and proof.steps == 0
     big = torch.empty(int(1.5 * GIB), dtype=torch.uint8, device="cuda")  # the cap is gone
     del big

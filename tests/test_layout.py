@@ -3,7 +3,8 @@
 1. no stage module imports another (pipeline/stages/*): a stage's code deps are the modules it
    imports (pipeline/registry.py: code_deps), so an edit reruns exactly the stages whose code it is;
 2. no library module imports pipeline.stages;
-3. imports point down the layers (LAYERS), and the graph of packages has no cycle;
+3. imports point down the layers (LAYERS), and neither the graph of packages nor that of modules
+   has a cycle;
 4. a stage module is thin: at most MAX_STAGE_LINES lines, `run(params, ...)`, no argv, no
    globals, and no record of its own (records live with the library code they describe);
 5. a package's __init__.py is empty or only a docstring: it runs whenever any module of its
@@ -202,6 +203,10 @@ def test_the_packages_and_their_pinned_layers_have_no_cycle():
     assert cycles({node: set(allowed) for node, allowed in LAYERS.items()}) == []
 
 
+def test_no_two_modules_import_each_other_directly_or_in_a_loop():
+    assert cycles(import_map()) == []
+
+
 def test_stage_modules_are_thin():
     stages = sorted((PACKAGE / "stages").glob("*.py"))
     problems = [p for path in stages if path.name != "__init__.py"
@@ -245,6 +250,8 @@ def test_the_checkers_catch_what_they_forbid():
     assert "has no place in LAYERS" in upward({"pipeline.newthing.x": set()})[0]
     assert cycles(node_graph({"pipeline.cost.a": {"pipeline.engine.b"}, "pipeline.engine.b": {"pipeline.data.c"},
                               "pipeline.data.c": {"pipeline.cost.a"}})) == [["cost", "engine", "data", "cost"]]
+    launch, multinode = "pipeline.core.launch", "pipeline.core.multinode"
+    assert cycles({launch: {multinode}, multinode: {launch}}) == [[launch, multinode, launch]]
 
 
 def test_the_source_checkers_catch_what_they_forbid():

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.core import multinode
 from pipeline.core.errors import PipelineError
-from pipeline.core.launch import SHUTDOWN_SECONDS, torchrun_args
+from pipeline.core.torchrun import SHUTDOWN_SECONDS, torchrun_args
 
 STAGE = ["train", "--params", "params.yaml", "--log", "logs/train.log"]
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from pipeline.engine import step
 from pipeline.model.build import build_model
+from pipeline.model.registry import ARCHITECTURES
 from pipeline.registry import run_stage
 from trainkit import final_weights, max_difference, tiny_params, train_losses
 
@@ -93,7 +94,7 @@ def test_two_micro_batches_of_one_equal_one_of_two(architecture, optimizer):
     assert torch.allclose(results[0], results[1], atol=1e-6 if optimizer == "adamw" else 2e-4)
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "qwen3"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(architecture):
     net, train = _tiny_model(architecture, "muon")
     opt = step.optimizer_for(net, train)
@@ -105,7 +106,8 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(architecture):
     assert embeddings <= adamw and id(net.get_output_embeddings().weight) in adamw
     assert {id(p) for p in net.parameters() if p.dim() == 1} <= adamw
     assert muon == {id(p) for p in step.hidden_matrices(net)}
-    per_block = {"gpt2": 4, "qwen3": 7}[architecture]  # c_attn, c_proj, c_fc, c_proj | q, k, v, o, gate, up, down
+    # c_attn, c_proj, c_fc, c_proj | q, k, v, o, gate, up, down
+    per_block = {"gpt2": 4, "llama": 7, "qwen3": 7}[architecture]
     assert len(muon) == per_block * net.config.num_hidden_layers
     assert opt.param_groups[0]["lr"] == train.lr  # AdamW's group first: the train log's lr is train.lr's
     assert all(g["nesterov"] and g["momentum"] == train.muon_momentum for g in opt.muon.param_groups)
@@ -148,7 +150,7 @@ def test_the_cosine_schedule_scales_both_optimizers_alike():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([p * train.min_lr / train.lr for p in peaks])
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "qwen3"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_a_restored_muon_state_continues_bitwise(architecture):
     """As the train stage resumes: optimizer state, then the LR schedule's, then more steps."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -381,7 +383,7 @@ def test_fp16_newton_schulz_stays_finite_and_matches_fp32_at_every_gradient_scal
         assert fp32.abs().max() > 0.05  # not a trivial match of two zero matrices
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "qwen3"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_attention_takes_the_causal_path_with_no_mask_as_the_trainer_runs_it(architecture, monkeypatch):
     """The trainer's forward (loss_of: input_ids only, no attention_mask) must reach
     scaled_dot_product_attention with is_causal=True and attn_mask None: with an explicit mask a

@@ -6,7 +6,7 @@ replaces itself with
 
 one task per node, each of which runs `python -m pipeline ARGS` as N/M workers (N =
 cost.num_devices) through torchrun's launcher with `--nnodes M --rdzv-backend c10d --rdzv-endpoint
-HEAD:PORT --rdzv-id JOB` (pipeline/core/launch.py): a c10d rendezvous on the first node. That is
+HEAD:PORT --rdzv-id JOB` (pipeline/core/torchrun.py): a c10d rendezvous on the first node. That is
 `srun torchrun --nnodes M ...` with the stage's own arguments kept out of torchrun's parser.
 srun, not ssh, starts them: SLURM tracks and signals every one (scancel: SIGTERM to each step,
 SIGKILL after KillWait). `--overlap`: the step this command runs in holds the job's CPUs, and a
@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.launch import run_as_processes
+from pipeline.core.torchrun import run_as_processes
 
 # What a new step may inherit from the step this command runs in: the job's identity and config.
 # Its other SLURM_* variables describe that step (one task, its CPUs) and srun reads them as defaults.

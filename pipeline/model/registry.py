@@ -12,6 +12,7 @@ from pipeline.model.spec import Architecture
 
 # An architecture is registered by its import: ARCHITECTURES collects every Architecture imported here.
 from pipeline.model.architectures.gpt2 import SPEC as GPT2
+from pipeline.model.architectures.llama import SPEC as LLAMA
 from pipeline.model.architectures.qwen3 import SPEC as QWEN3
 
 ARCHITECTURES: dict[str, Architecture] = {

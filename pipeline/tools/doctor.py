@@ -11,7 +11,7 @@ describes this machine. Every problem is listed at once; the exit status is 2 wh
 fail here, 0 otherwise (warnings allowed).
 
 `run(params)` returns the Report; `cuda_devices()` is shared with the GPU check
-(pipeline/tools/gpucheck.py). Both know a GPU's catalog entry by the names the entry lists
+(pipeline/tools/gpucheck/). Both know a GPU's catalog entry by the names the entry lists
 (gpu_names in pipeline/cost/hardware.yaml); the energy counter is the train stage's
 (pipeline/engine/meter.py: EnergyCounter). Importing this module is cheap: torch and the catalog
 are imported when a check runs.
