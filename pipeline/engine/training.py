@@ -7,7 +7,7 @@ the step (pipeline/engine/step.py) that updates them.
         done = training.step(index, lambda micro: windows.batch(index, micro, 0, 1, 8), accum=4)
 
 The train stage's Trainer, the estimate's calibration (pipeline/cost/pricing.py), the GPU check
-(pipeline/tools/gpucheck.py) and the benchmarks (bench/) all build it here and step it with these
+(pipeline/tools/gpucheck/) and the benchmarks (bench/) all build it here and step it with these
 methods, so what they time is what trains. A step is two halves, `forward_backward` then
 `finish`: the Trainer agrees with the other processes on the loss and its stop flags in between.
 """
