@@ -41,12 +41,14 @@ def _readme_git_add() -> list[str]:
 
 
 def _metrics_and_plots(work: Path, tmp_path: Path) -> None:
-    """dvc metrics show: the headline numbers only. Plots: the PNGs as images, the loss curves
+    """dvc metrics show: the headline numbers and what cleaning kept. Plots: the PNGs as images, the loss curves
     coloured by split; the page is never committed."""
     metrics = json.loads(run([BIN / "dvc", "metrics", "show", "--json"], work).stdout)
-    assert set(metrics[""]["data"]) == {"reports/metrics.json"}
+    assert set(metrics[""]["data"]) == {"reports/clean.json", "reports/metrics.json"}
     numbers = metrics[""]["data"]["reports/metrics.json"]["data"]
     assert numbers and all(isinstance(v, float) for v in numbers.values()), numbers
+    cleaned = metrics[""]["data"]["reports/clean.json"]["data"]
+    assert 0 < cleaned["documents_out"] <= cleaned["documents_in"], cleaned
 
     run([BIN / "dvc", "plots", "show"], work)
     page = (work / "dvc_plots" / "index.html").read_text()

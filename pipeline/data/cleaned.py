@@ -95,8 +95,9 @@ class CleanedCorpus:
         self.bytes = sum(shard.stat().st_size for shard in self.shards)
 
     def pieces(self, progress: str | None = None) -> Iterator[Piece]:
-        """Every document with its split; `progress`: the label of a progress bar on stderr."""
-        with tqdm(total=self.bytes, unit="B", unit_scale=True, desc=progress, disable=progress is None,
+        """Every document with its split; `progress`: the label of a progress bar on stderr, shown on
+        a terminal only."""
+        with tqdm(total=self.bytes, unit="B", unit_scale=True, desc=progress, disable=None if progress else True,
                   file=sys.stderr, mininterval=1.0) as bar:
             for shard in self.shards:
                 with open(shard, "rb") as fh:

@@ -10,7 +10,7 @@ document through the rules in this order and writes what survives (pipeline/data
   exact_duplicate   equal to an earlier document up to case and spacing (clean.exact_dedup)
   boilerplate       nothing left once lines held by many documents are removed (clean.boilerplate)
   language          not one of clean.languages (lingua, pipeline/data/langid.py)
-  quality: RULE     fails a Gopher / C4 / FineWeb heuristic (clean.quality, pipeline/data/quality.py)
+  (quality rules)   fails a Gopher / C4 / FineWeb heuristic (clean.quality, pipeline/data/quality.py)
   near_duplicate    estimated Jaccard >= clean.near_dedup_threshold with a kept document (MinHash LSH)
 
 Language before quality: the thresholds are one language's, and a Russian page is better
@@ -50,7 +50,7 @@ EXAMPLE_CHARS = 300
 # The key that relaxes each rule: named when a rule leaves nothing.
 RELAX = {"exact_duplicate": "clean.exact_dedup", "boilerplate": "clean.boilerplate_min_documents",
          "language": "clean.languages", "near_duplicate": "clean.near_dedup_threshold"}
-RULES = ("exact_duplicate", "boilerplate", "language", *(f"quality: {r}" for r in quality.RULES), "near_duplicate")
+RULES = ("exact_duplicate", "boilerplate", "language", *quality.RULES, "near_duplicate")
 
 
 class RuleCount(Record):
@@ -132,8 +132,9 @@ def clean(corpus: Corpus, settings: Clean, directory: Path) -> tuple[CleanReport
 
 def _texts(corpus: Corpus, label: str) -> Iterator[tuple[int, str]]:
     """(index, text) of every non-empty document piece, with a progress bar over the corpus bytes."""
+    # on a terminal only (disable=None): a log or a captured stderr keeps its one-line errors
     with tqdm(total=corpus.size_bytes() or None, unit="B", unit_scale=True, desc=label, file=sys.stderr,
-              mininterval=1.0) as bar:
+              mininterval=1.0, disable=None) as bar:
         index = 0
         for text in corpus.texts():
             bar.update(utf8_len(text))
@@ -217,7 +218,7 @@ def _judge(batch: list[_Document], settings: Clean, detect: LanguageId, limits: 
             continue
         rule = quality.failing_rule(text, limits) if settings.quality else None
         if rule:
-            tally.drop(f"quality: {rule}", text, size, limit)
+            tally.drop(rule, text, size, limit)
             continue
         if near is not None:
             copied = near.match(document.index, near.signature(text))
@@ -256,7 +257,7 @@ def _nothing_left(source: str, report: CleanReport) -> PipelineError:
         return PipelineError(f"corpus {source} holds no text (every file is empty or blank): add documents "
                              "or point paths.corpus elsewhere")
     worst, counts = max(report.dropped.items(), key=lambda kv: kv[1].documents)
-    key = RELAX.get(worst, "clean.quality (false) or clean.quality_language")
+    key = RELAX.get(worst, "clean.quality (false) or clean.quality_language")   # a quality rule
     return PipelineError(f"clean: every one of the {report.documents_in:,} documents of {source} was dropped, "
                          f"{counts.documents:,} by {worst}: relax {key}, or check paths.corpus")
 
@@ -276,7 +277,8 @@ def render(report: CleanReport, examples: dict[str, list[str]], settings: Clean)
              f"Tokens are estimated at {BYTES_PER_TOKEN:g} bytes/token; the token files hold the exact count.", "",
              "| rule | documents | MB | ~tokens | share of bytes in |", "| --- | ---: | ---: | ---: | ---: |"]
     for rule, counts in report.dropped.items():
-        lines.append(f"| {rule} | {counts.documents:,} | {counts.bytes / mb:,.2f} | {counts.tokens_estimate:,} | "
+        label = f"{rule} (quality)" if rule in quality.RULES else rule
+        lines.append(f"| {label} | {counts.documents:,} | {counts.bytes / mb:,.2f} | {counts.tokens_estimate:,} | "
                      f"{counts.bytes / max(1, report.bytes_in):.1%} |")
     lines += ["", f"Boilerplate lines removed from documents that were kept or judged further: "
               f"{report.boilerplate_lines_removed:,} ({report.boilerplate_bytes_removed / mb:,.2f} MB).", "",
