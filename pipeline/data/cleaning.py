@@ -23,12 +23,17 @@ A document longer than data.max_document_chars is cleaned, and written, as its p
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import resource
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
+
+from rensa import RMinHash
 
 from tqdm.auto import tqdm
 
@@ -38,13 +43,14 @@ from pipeline.core.record import Record
 from pipeline.data import quality
 from pipeline.data.cleaned import ShardWriter, write_source_info
 from pipeline.data.corpus import Corpus, utf8_len
-from pipeline.data.dedup import LineCounter, NearDuplicates, exact_key, strip_lines
+from pipeline.data.dedup import LineCounter, NearDuplicates, exact_key, line_keys, strip_lines
 from pipeline.data.langid import LanguageId, check_codes
 
 # The estimate of tokens per byte the report prices drops with: tokenize's 32k BPE measured 2.99
 # bytes/token on the bench corpus (bench/README.md); the token files give the exact count later.
 BYTES_PER_TOKEN = 3.0
-BATCH_DOCUMENTS = 2000         # documents judged together: language ID runs a batch on every core
+WORKER_BATCH = 500             # documents per task of a worker process (and per language ID call)
+MAX_WORKERS = 8                # processes for the per-document rules: one per core, up to this
 LANGUAGE_SAMPLE_EVERY = 50     # with clean.languages empty, the language mix is read off every 50th document
 EXAMPLE_CHARS = 300
 # The key that relaxes each rule: named when a rule leaves nothing.
@@ -110,9 +116,13 @@ class _Tally:
 @dataclass
 class _Document:
     index: int
-    text: str          # as read
-    size: int          # its UTF-8 bytes
-    kept: str = ""     # without boilerplate lines
+    text: str                    # as read
+    size: int                    # its UTF-8 bytes
+    kept: str                    # without boilerplate lines
+    removed: list[str]           # the boilerplate lines removed
+    key: int                     # exact_key(kept)
+    rule: str | None             # the quality rule it fails
+    signature: RMinHash | None   # for near duplicates
     language: str | None = None
 
 
@@ -121,8 +131,9 @@ def clean(corpus: Corpus, settings: Clean, directory: Path) -> tuple[CleanReport
     check_codes(settings.languages)
     started = time.perf_counter()
     tally = _Tally()
-    first_copies, boilerplate = _first_pass(corpus, settings) if settings.boilerplate else (None, {})
-    _second_pass(corpus, settings, directory, tally, first_copies, boilerplate)
+    workers = min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    first_copies, boilerplate = _first_pass(corpus, settings, workers) if settings.boilerplate else (None, {})
+    _second_pass(corpus, settings, directory, tally, workers, first_copies, boilerplate)
     write_source_info(directory, corpus.replacements, {kind: paths for kind, paths in corpus.skipped.items() if paths})
     report = _report(tally, time.perf_counter() - started)
     if not tally.documents_out:
@@ -143,68 +154,116 @@ def _texts(corpus: Corpus, label: str) -> Iterator[tuple[int, str]]:
                 index += 1
 
 
-def _first_pass(corpus: Corpus, settings: Clean) -> tuple[bytearray, dict[int, int]]:
+def _first_pass(corpus: Corpus, settings: Clean, workers: int) -> tuple[bytearray, dict[int, int]]:
     """Which documents copy an earlier one exactly, and the boilerplate lines of the others."""
     seen: set[int] = set()
     copies = bytearray()
     lines = LineCounter()
-    for index, text in _texts(corpus, "clean: pass 1/2 (lines)"):
-        key = exact_key(text)
-        copy = settings.exact_dedup and key in seen
-        copies.append(copy)
-        if not copy:
-            seen.add(key)
-            lines.add(index, text)
+    for batch, keys in _in_workers(_keys, _batched(_texts(corpus, "clean: pass 1/2 (lines)")), workers):
+        for (index, _), (key, line_keys) in zip(batch, keys):
+            copy = settings.exact_dedup and key in seen
+            copies.append(copy)
+            if not copy:
+                seen.add(key)
+                lines.add(index, line_keys)
     return copies, lines.boilerplate(settings.boilerplate_min_documents)
 
 
-def _second_pass(corpus: Corpus, settings: Clean, directory: Path, tally: _Tally,
+def _second_pass(corpus: Corpus, settings: Clean, directory: Path, tally: _Tally, workers: int,
                  first_copies: bytearray | None, boilerplate: dict[int, int]) -> None:
     detect = LanguageId(settings.languages)
     near = NearDuplicates(settings.near_dedup_threshold) if settings.near_dedup else None
-    limits = quality.THRESHOLDS[settings.quality_language]
     seen: set[int] = set()
     label = "clean: pass 2/2 (rules)" if settings.boilerplate else "clean"
+    # what the workers read, inherited when the pool forks (never pickled)
+    _WORKER.update(settings=settings, boilerplate=boilerplate, limits=quality.THRESHOLDS[settings.quality_language])
     with ShardWriter(directory) as out:
-        batch: list[_Document] = []
-        for index, text in _texts(corpus, label):
-            document = _Document(index, text, utf8_len(text))
-            tally.documents_in += 1
-            tally.bytes_in += document.size
-            if _survives_dedup(document, settings, tally, seen, first_copies, boilerplate):
-                batch.append(document)
-            if len(batch) >= BATCH_DOCUMENTS:
-                _judge(batch, settings, detect, limits, near, tally, out)
-                batch = []
-        _judge(batch, settings, detect, limits, near, tally, out)
+        for batch, prepared in _in_workers(_prepare, _batched(_texts(corpus, label)), workers):
+            survivors = []
+            for (index, text), done in zip(batch, prepared):
+                document = _Document(index, text, utf8_len(text), *done)
+                tally.documents_in += 1
+                tally.bytes_in += document.size
+                if _survives_dedup(document, settings, tally, seen, first_copies):
+                    survivors.append(document)
+            _judge(survivors, settings, detect, near, tally, out)
+
+
+# --- the work done in worker processes: one function per pass, on a batch of documents -------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _keys(batch: list[tuple[int, str]]) -> list[tuple[int, list[int]]]:
+    return [(exact_key(text), line_keys(text)) for _, text in batch]
+
+
+def _prepare(batch: list[tuple[int, str]]) -> list[tuple[str, list[str], int, str | None, RMinHash | None]]:
+    """Per document: its text without boilerplate lines, the lines removed, its exact key, the
+    quality rule it fails and its MinHash signature (the rules that need no other document)."""
+    settings, limits = _WORKER["settings"], _WORKER["limits"]
+    out = []
+    for index, text in batch:
+        kept, removed = strip_lines(index, text, _WORKER["boilerplate"])
+        rule = quality.failing_rule(kept, limits) if settings.quality and kept else None
+        signature = NearDuplicates.signature(kept) if settings.near_dedup and kept and not rule else None
+        out.append((kept, removed, exact_key(kept), rule, signature))
+    return out
+
+
+def _batched(items: Iterator[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= WORKER_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _in_workers(work: Callable[[list], list], batches: Iterator[list], workers: int) -> Iterator[tuple[list, list]]:
+    """(batch, work(batch)) in order, from `workers` forked processes, with at most two batches per
+    worker in flight: the corpus streams through (Pool.imap would read all of it ahead)."""
+    if workers == 1:
+        yield from ((batch, work(batch)) for batch in batches)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.apply_async(work, (batch,))))
+            if len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.get()
 
 
 def _survives_dedup(document: _Document, settings: Clean, tally: _Tally, seen: set[int],
-                    first_copies: bytearray | None, boilerplate: dict[int, int]) -> bool:
+                    first_copies: bytearray | None) -> bool:
     limit = settings.examples
     if first_copies is not None and first_copies[document.index]:
         tally.drop("exact_duplicate", document.text, document.size, limit)
         return False
-    document.kept, removed = strip_lines(document.index, document.text, boilerplate)
-    if removed:
-        tally.lines_removed += len(removed)
-        tally.line_bytes_removed += sum(utf8_len(line) + 1 for line in removed)
+    if document.removed:
+        tally.lines_removed += len(document.removed)
+        tally.line_bytes_removed += sum(utf8_len(line) + 1 for line in document.removed)
         examples = tally.examples.setdefault("boilerplate lines", [])
-        examples += [_excerpt(line) for line in removed[:limit - len(examples)]]
+        examples += [_excerpt(line) for line in document.removed[:limit - len(examples)]]
     if not document.kept:
         tally.drop("boilerplate", document.text, document.size, limit)
         return False
     if settings.exact_dedup:
-        key = exact_key(document.kept)
-        if key in seen:
+        if document.key in seen:
             tally.drop("exact_duplicate", document.text, document.size, limit)
             return False
-        seen.add(key)
+        seen.add(document.key)
     return True
 
 
-def _judge(batch: list[_Document], settings: Clean, detect: LanguageId, limits: quality.Thresholds,
-           near: NearDuplicates | None, tally: _Tally, out: ShardWriter) -> None:
+def _judge(batch: list[_Document], settings: Clean, detect: LanguageId, near: NearDuplicates | None,
+           tally: _Tally, out: ShardWriter) -> None:
     """Language, quality and near duplicates for a batch, in order; the survivors written."""
     classified = batch if settings.languages else [d for d in batch if d.index % LANGUAGE_SAMPLE_EVERY == 0]
     for document, language in zip(classified, detect([d.kept for d in classified]) if classified else []):
@@ -216,12 +275,11 @@ def _judge(batch: list[_Document], settings: Clean, detect: LanguageId, limits: 
         if settings.languages and document.language not in settings.languages:
             tally.drop("language", text, size, limit, f"[{document.language}] ")
             continue
-        rule = quality.failing_rule(text, limits) if settings.quality else None
-        if rule:
-            tally.drop(rule, text, size, limit)
+        if document.rule:
+            tally.drop(document.rule, text, size, limit)
             continue
         if near is not None:
-            copied = near.match(document.index, near.signature(text))
+            copied = near.match(document.index, document.signature)
             if copied is not None:
                 tally.drop("near_duplicate", text, size, limit, f"[near-duplicate of document {copied}] ")
                 continue

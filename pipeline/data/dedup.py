@@ -1,7 +1,7 @@
 """Duplicates at three grains: whole documents, lines across documents, near-identical documents.
 
     exact_key(text)                                   # equal for texts equal up to case and spacing
-    lines = LineCounter(); lines.add(index, text)     # first pass: which documents hold each line
+    lines = LineCounter(); lines.add(index, line_keys(text))   # first pass: which documents hold each line
     boilerplate = lines.boilerplate(min_documents)    # {line key: the first document holding it}
     text, removed = strip_lines(index, text, boilerplate)
     near = NearDuplicates(threshold); near.match(text) -> the kept document it copies, or None
@@ -39,8 +39,9 @@ def exact_key(text: str) -> int:
     return hash(" ".join(text.lower().split()))
 
 
-def _line_keys(text: str) -> set[int]:
-    return {hash(key) for line in text.split("\n") if (key := line.strip().lower())}
+def line_keys(text: str) -> list[int]:
+    """The keys of the distinct non-blank lines of `text` (stripped, lowercased)."""
+    return list({hash(key) for line in text.split("\n") if (key := line.strip().lower())})
 
 
 class LineCounter:
@@ -51,8 +52,8 @@ class LineCounter:
         self._keys = array("q")
         self._documents = array("q")
 
-    def add(self, index: int, text: str) -> None:
-        keys = _line_keys(text)
+    def add(self, index: int, keys: list[int]) -> None:
+        """The line_keys of document `index`."""
         self._keys.extend(keys)
         self._documents.extend([index] * len(keys))
 
@@ -73,10 +74,13 @@ class LineCounter:
 def strip_lines(index: int, text: str, boilerplate: dict[int, int]) -> tuple[str, list[str]]:
     """`text` without its boilerplate lines (kept in the first document holding each), and the
     lines removed."""
+    lines = text.split("\n")
+    keys = [hash(line.strip().lower()) for line in lines]
+    if boilerplate.keys().isdisjoint(keys):   # most documents: one C-speed test
+        return text, []
     kept, removed = [], []
-    for line in text.split("\n"):
-        key = line.strip().lower()
-        first = boilerplate.get(hash(key)) if key else None
+    for line, key in zip(lines, keys):
+        first = boilerplate.get(key) if line.strip() else None
         if first is None or first == index:
             kept.append(line)
         else:
