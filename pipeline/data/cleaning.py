@@ -176,15 +176,20 @@ def _second_pass(corpus: Corpus, settings: Clean, directory: Path, tally: _Tally
     seen: set[int] = set()
     label = "clean: pass 2/2 (rules)" if settings.boilerplate else "clean"
     # what the workers read, inherited when the pool forks (never pickled)
-    _WORKER.update(settings=settings, boilerplate=boilerplate, limits=quality.THRESHOLDS[settings.quality_language])
+    _WORKER.update(settings=settings, boilerplate=boilerplate, copies=first_copies,
+                   limits=quality.THRESHOLDS[settings.quality_language])
     with ShardWriter(directory) as out:
         for batch, prepared in _in_workers(_prepare, _batched(_texts(corpus, label)), workers):
             survivors = []
             for (index, text), done in zip(batch, prepared):
-                document = _Document(index, text, utf8_len(text), *done)
+                size = utf8_len(text)
                 tally.documents_in += 1
-                tally.bytes_in += document.size
-                if _survives_dedup(document, settings, tally, seen, first_copies):
+                tally.bytes_in += size
+                if done is None:   # a copy the first pass found
+                    tally.drop("exact_duplicate", text, size, settings.examples)
+                    continue
+                document = _Document(index, text, size, *done)
+                if _survives_dedup(document, settings, tally, seen):
                     survivors.append(document)
             _judge(survivors, settings, detect, near, tally, out)
 
@@ -198,12 +203,16 @@ def _keys(batch: list[tuple[int, str]]) -> list[tuple[int, list[int]]]:
     return [(exact_key(text), line_keys(text)) for _, text in batch]
 
 
-def _prepare(batch: list[tuple[int, str]]) -> list[tuple[str, list[str], int, str | None, RMinHash | None]]:
+def _prepare(batch: list[tuple[int, str]]) -> list[tuple[str, list[str], int, str | None, RMinHash | None] | None]:
     """Per document: its text without boilerplate lines, the lines removed, its exact key, the
-    quality rule it fails and its MinHash signature (the rules that need no other document)."""
-    settings, limits = _WORKER["settings"], _WORKER["limits"]
+    quality rule it fails and its MinHash signature (the rules that need no other document); None
+    for a copy the first pass found."""
+    settings, limits, copies = _WORKER["settings"], _WORKER["limits"], _WORKER["copies"]
     out = []
     for index, text in batch:
+        if copies is not None and copies[index]:
+            out.append(None)
+            continue
         kept, removed = strip_lines(index, text, _WORKER["boilerplate"])
         rule = quality.failing_rule(kept, limits) if settings.quality and kept else None
         signature = NearDuplicates.signature(kept) if settings.near_dedup and kept and not rule else None
@@ -240,12 +249,8 @@ def _in_workers(work: Callable[[list], list], batches: Iterator[list], workers: 
             yield done, result.get()
 
 
-def _survives_dedup(document: _Document, settings: Clean, tally: _Tally, seen: set[int],
-                    first_copies: bytearray | None) -> bool:
+def _survives_dedup(document: _Document, settings: Clean, tally: _Tally, seen: set[int]) -> bool:
     limit = settings.examples
-    if first_copies is not None and first_copies[document.index]:
-        tally.drop("exact_duplicate", document.text, document.size, limit)
-        return False
     if document.removed:
         tally.lines_removed += len(document.removed)
         tally.line_bytes_removed += sum(utf8_len(line) + 1 for line in document.removed)
