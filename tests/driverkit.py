@@ -143,7 +143,7 @@ def both_drivers_matrix(driver, work: Path) -> None:
     with open(corpus / "en.txt", "a", encoding="utf-8") as fh:
         fh.write("\n\nOne more document, appended to the corpus.\n")
     expect(driver, work, "a document appended to a corpus file", ALL)
-    set_value(work, "clean.exact_dedup", False)   # the demo corpus holds a few exact copies: a new cleaned corpus
+    set_value(work, "clean.boilerplate", True)   # the demo's repeated headings go: a new cleaned corpus
     expect(driver, work, "a clean value", from_stage("clean"))
 
     set_value(work, "evaluate.max_new_tokens", 9)
