@@ -26,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import resource
+import signal
 import sys
 import time
 from collections import deque
@@ -131,7 +132,8 @@ def clean(corpus: Corpus, settings: Clean, directory: Path) -> tuple[CleanReport
     check_codes(settings.languages)
     started = time.perf_counter()
     tally = _Tally()
-    workers = min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(MAX_WORKERS, cores)
     first_copies, boilerplate = _first_pass(corpus, settings, workers) if settings.boilerplate else (None, {})
     _second_pass(corpus, settings, directory, tally, workers, first_copies, boilerplate)
     write_source_info(directory, corpus.replacements, {kind: paths for kind, paths in corpus.skipped.items() if paths})
@@ -237,7 +239,9 @@ def _in_workers(work: Callable[[list], list], batches: Iterator[list], workers: 
     if workers == 1:
         yield from ((batch, work(batch)) for batch in batches)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # a Ctrl-C reaches the whole process group: the workers leave it to this process, which stops them
+    with multiprocessing.get_context("fork").Pool(workers, initializer=signal.signal,
+                                                  initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append((batch, pool.apply_async(work, (batch,))))
