@@ -54,8 +54,9 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/python -m pipeline dag --check
 
-# On a freshly rented GPU VM, before a paid run (<= 8 minutes): the memory and speed predictions
-# against measurements, and the 4 GB / 16 GB plans trained under memory caps (reports/gpu-check.md).
+# On a freshly rented GPU VM, before a paid run (<= 10 minutes): the memory and speed predictions
+# against measurements, the 4 GB / 16 GB plans trained under memory caps, the driver, torch.compile,
+# the SDPA kernel and the trained demo model's fp16 headroom (reports/gpu-check.md).
 # No `make setup` needed: it uses .venv when there is one, else $(PYTHON) with the VM's torch.
 # `make gpu-check DEVICE=cpu` runs the same code on the demo model on CPU (CI).
 DEVICE ?= cuda

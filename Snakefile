@@ -17,7 +17,8 @@ triggers do the rest (README: "Only what changed reruns"):
 - a changed value reruns STAGE_params (the params trigger; its reason names the key) and so the
   stages that read it, in the same run; no command line ever changes;
 - every corpus file is an input: adding or removing one (the input trigger) or editing one (mtime)
-  reruns clean and what follows; touching the corpus directory reruns nothing;
+  reruns clean and what follows; touching the corpus directory reruns nothing; so are the reference texts and
+  task files evaluate.reference_texts and evaluate.tasks name, for evaluate;
 - estimate is a checkpoint: once it has run, Snakemake decides again about train, which reads
   the plan it wrote, by content (a small input that is newer but has the checksum Snakemake
   recorded is unchanged), so a budget change never retrains; train is one too, so that
@@ -51,7 +52,7 @@ sys.path.insert(0, workflow.basedir)
 from pipeline.core import params as params_module
 from pipeline.data.corpus import Corpus
 from pipeline.core.errors import PipelineError
-from pipeline.registry import CORPUS, STAGES, params_of
+from pipeline.registry import CORPUS, EVAL_DATA, STAGES, params_of
 
 configfile: "params.yaml"
 
@@ -134,6 +135,21 @@ def corpus_files():
     return files
 
 
+def eval_files():
+    """The files evaluate.reference_texts and evaluate.tasks name under paths.eval_data (a task's
+    directory: every file in it), so that editing one reruns evaluate. A missing one is left to
+    the stage, which names its key."""
+    files = []
+    for relative in [*PARAMS.evaluate.reference_texts.values(), *PARAMS.evaluate.tasks.values()]:
+        path = PARAMS.paths.eval_data / relative
+        if path.is_file():
+            files.append(str(path))
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+    return files
+
+
 # A stage whose output a later stage reads by content is a checkpoint (see the docstring).
 PRODUCER = {artifact.name: stage for stage in STAGES for artifact in stage.outputs}
 CHECKPOINTS = {PRODUCER[a.name].name for stage in STAGES for a in stage.inputs if a.by_content}
@@ -157,6 +173,8 @@ def inputs(stage):
     for artifact in stage.inputs:
         if artifact is CORPUS:
             files[artifact.name] = corpus_files()
+        elif artifact is EVAL_DATA:
+            files[artifact.name] = eval_files()
         elif artifact.by_content:
             files[artifact.name] = by_content(stage)
         else:

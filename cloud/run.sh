@@ -24,6 +24,10 @@ PY=$(command -v python || command -v python3)
 
 fail() { echo "cloud/run.sh: $1" >&2; exit "${2:-2}"; }
 
+# The NVIDIA driver against the installed torch build (exit 2 with the fixes): too old a driver
+# leaves torch without a GPU, and train would refuse only after the data was pulled.
+"$PY" -m pipeline.tools.cudabuilds || exit $?
+
 # The params this run uses (params.yaml, and the remote from the environment): bad input is exit 2
 # here, before anything is pulled or paid for.
 overlay=()

@@ -4,8 +4,9 @@ Later --params files and --set override earlier ones. A known error prints one m
 and exits non-zero (2 for bad input or a path it cannot write, 3 when the budget gate refuses the
 run), with no traceback; an interrupted train exits 130 (SIGINT) or 143 (SIGTERM) after its
 checkpoint. `--log FILE` copies the output into FILE from inside the process (pipeline/core/console.py).
-A stage the registry marks distributed runs as cost.num_devices processes, spread over the nodes of
-a SLURM job that holds several (pipeline/core/launch.py).
+A stage the registry marks distributed runs as one process per device of its plan
+(cost.num_devices as the estimate stage read it), spread over the nodes of a SLURM job that holds several
+(pipeline/core/launch.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ TOOLS = {
     "demo-corpus": ("pipeline.tools.demo_corpus", "write the bundled multilingual demo corpus"),
     "dag": ("pipeline.tools.dag", "write dvc.yaml from the stage registry, or --check that it is current"),
     "doctor": ("pipeline.tools.doctor", "before paying for a run: is this machine ready for it? (exit 2 if not)"),
+    "fp16-probe": ("pipeline.tools.fp16probe", "fp16 headroom of the planned model or a checkpoint, measured in fp32 (exit 2 if short)"),
     "gpu-check": ("pipeline.tools.gpucheck", "on a new GPU: measure memory, speed and the 4 GB / 16 GB plans (reports/gpu-check.md)"),
 }
 
@@ -78,14 +80,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         params = params_module.load(args.params, args.overrides)
         if args.command in TOOLS:
             return importlib.import_module(TOOLS[args.command][0]).main(params, args) or 0
-        from pipeline.registry import LAUNCHER, by_name, run_stage  # the stage's module is imported only now
+        from pipeline.registry import LAUNCHER, PLAN, by_name, resolve, run_stage  # the stage's module is imported only now
 
         stop_with_driver()
-        # cost.num_devices is the plan's device count too, which train holds the run to
-        # (pipeline/engine/plan.py): a change reruns estimate, and its new plan reruns train.
+        # The process count is the plan's, which train reads and holds the run to
+        # (pipeline/engine/plan.py): a cost.num_devices change reruns estimate, and its new plan
+        # reruns train, whichever file or driver the value was set in.
         # The launcher is imported by name, so only a distributed stage has it in its code deps.
         if by_name(args.command).distributed and not inside_launch():
-            code = importlib.import_module(LAUNCHER).launch(params.cost.num_devices, argv)
+            plan = resolve(PLAN.template, params.paths)
+            code = importlib.import_module(LAUNCHER).launch(plan, argv)
             if code is not None:
                 return code
         run_stage(args.command, params)

@@ -132,6 +132,9 @@ PLAN = Artifact("plan", "{reports}/plan.json", role="report", by_content=True)  
 COST = Artifact("cost", "{reports}/cost.json", role="report")           # pipeline/stages/estimate.py: CostReport
 COST_MD = Artifact("cost_md", "{reports}/cost.md", role="report", kept_on_failure=True)
 MODEL = Artifact("model", "{model}", directory=True, files=_MODEL_FILES)   # save_pretrained
+# evaluate.reference_texts and evaluate.tasks name files in it (eval/README.md); Snakemake declares
+# those files, DVC the directory (its deps cannot follow a list in params.yaml)
+EVAL_DATA = Artifact("eval_data", "{eval_data}", directory=True)
 CHECKPOINTS = Artifact("checkpoints", "{checkpoints}", directory=True, role="persistent")  # pipeline/engine/checkpoint/
 TRAIN_LIVE = Artifact("train_live", "{reports}/train_live", directory=True, role="report")  # DVCLive
 # by content too: whether train reruns is known only once estimate has run (a price edit reruns
@@ -152,8 +155,8 @@ class Stage:
     params: tuple[str, ...]        # params keys or whole sections it reads
     outputs: tuple[Artifact, ...]
     gpu: bool = False              # holds the GPU: one such job at a time
-    # runs as cost.num_devices processes (LAUNCHER); the others run as one: estimate's
-    # calibration times one device and prices N (pipeline/cost/pricing.py), evaluate is one pass
+    # runs as one process per device of its plan (its input PLAN; LAUNCHER); the others run as one:
+    # estimate's calibration times one device and prices N (pipeline/cost/pricing.py), evaluate is one pass
     distributed: bool = False
     module: str = ""               # its entry point; default pipeline.stages.NAME
 
@@ -225,6 +228,7 @@ STAGES: tuple[Stage, ...] = (
                 "train.checkpoint_every",   # what a spot reclaim loses (pipeline/cost/spot.py)
                 "train.eval_batches", "train.micro_batch_size", "train.precision",
                 "train.activation_checkpointing", "train.device", "train.seed",
+                "train.compile",            # refused on a GPU below compute capability 8.0 (cost/planner.py)
                 # the rest of the run's identity (pipeline/engine/identity.py): a learned MFU is never
                 # the priced run's own (pipeline/cost/pricing.py), so another run may price this one
                 "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.beta1",
@@ -250,7 +254,7 @@ STAGES: tuple[Stage, ...] = (
         name="evaluate",
         help="validation loss, perplexity, samples, estimate against actual",
         # It also reads the model, the training curves and the checkpoints (READS_UNDECLARED).
-        inputs=(TOKENS, TOKENIZER, TRAIN_REPORT),
+        inputs=(TOKENS, TOKENIZER, EVAL_DATA, TRAIN_REPORT),
         # model: its report records the section (the model it evaluated); a model change retrains,
         # and evaluate follows train, so this reruns it no more often
         params=("paths", "model", "train.device", "train.tokens_per_step", "evaluate"),

@@ -9,8 +9,10 @@ drivers see (params.yaml, the corpus, the budget gate) expect the same stages un
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -124,6 +126,32 @@ def refused(driver, work: Path, ran_before_refusal: list[str]) -> str:
     return out
 
 
+def beyond_the_val_split(driver, work: Path) -> None:
+    """A reference text or an lm-eval task named, a reference text edited: evaluate reruns alone."""
+    text = work / "eval/flores/azj_Latn.devtest"
+    text.parent.mkdir()
+    text.write_text("Bakı şəhəri Xəzər dənizinin sahilindədir.\n", encoding="utf-8")
+    set_value(work, "evaluate.reference_texts", {"flores_azj": "flores/azj_Latn.devtest"})
+    expect(driver, work, "a reference text named", ["evaluate"])
+    later(text)
+    assert driver(work)[0] == [], "a reference text touched, its content unchanged"
+    edit(text, "Bakı", "Gəncə")
+    expect(driver, work, "a reference text edited", ["evaluate"])
+    first = json.loads((work / "reports/metrics.json").read_text())["flores_azj_bits_per_byte"]
+    (work / "eval/piqa.csv").write_text("goal,sol1,sol2,label\nBake bread,use heat,use ice,0\n", encoding="utf-8")
+    set_value(work, "evaluate.tasks", {"piqa": "piqa.csv"})
+    expect(driver, work, "an lm-eval task named", ["evaluate"])
+    metrics = json.loads((work / "reports/metrics.json").read_text())
+    assert metrics["flores_azj_bits_per_byte"] == first and metrics["piqa_acc"] in (0.0, 1.0)
+    # removed again: the later runs would each spend ~15 s on lm-eval, and the project is shared
+    # as the README says (its `git add` list) with no evaluation data
+    set_value(work, "evaluate.tasks", {})
+    set_value(work, "evaluate.reference_texts", {})
+    shutil.rmtree(text.parent)
+    (work / "eval/piqa.csv").unlink()
+    expect(driver, work, "the text and the task removed", ["evaluate"])
+
+
 def both_drivers_matrix(driver, work: Path) -> None:
     # The gate on a fresh checkout: the stages before it run, estimate refuses, nothing trains.
     refused(driver, work, up_to("estimate"))
@@ -148,6 +176,7 @@ def both_drivers_matrix(driver, work: Path) -> None:
 
     set_value(work, "evaluate.max_new_tokens", 9)
     expect(driver, work, "an evaluate value", ["evaluate"])
+    beyond_the_val_split(driver, work)
     set_value(work, "train.patience", 7)
     expect(driver, work, "a train value", ["train", "evaluate"])
     set_value(work, "train.lr", 0.001)   # the run's identity: a run is never priced from its own speed

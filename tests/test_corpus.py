@@ -79,8 +79,11 @@ def test_parquet_is_read_in_batches(tmp_path):
     table = pa.table({"id": list(range(2500)), "text": rows[:-1] + [None]})
     pq.write_table(table, tmp_path / "part.parquet", row_group_size=700)
     assert texts(tmp_path) == rows[:-1]
-    with pytest.raises(PipelineError, match=r"part\.parquet has no string column 'content'.*data\.text_field"):
+    with pytest.raises(PipelineError, match=r"part\.parquet has no column 'content' \(columns: id, text\).*data\.text_field"):
         texts(tmp_path, text_field="content")
+    # the column is there, holding something other than text
+    with pytest.raises(PipelineError, match=r"part\.parquet: column 'id' \(data\.text_field\) holds int64, not text"):
+        texts(tmp_path, text_field="id")
 
 
 def test_a_datasets_dataset_saved_to_disk(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cost import cpuinfo, hardware
+from pipeline.cost import cpuinfo, hardware, render
 from pipeline.core import params as params_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,10 @@ Features\t: fp asimd bf16
 FAKE_PEAKS = {"fp32": 1e11, "bf16": 1e12, "fp16": 5e10}
 
 
+class Calls(list):
+    peaks, load = FAKE_PEAKS, 0.5
+
+
 @pytest.fixture(autouse=True)
 def cpu_cache(tmp_path_factory, monkeypatch):
     """One real measurement of this machine per test session, kept out of the user's cache."""
@@ -47,14 +51,14 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 @pytest.fixture
 def fake_measure(monkeypatch, tmp_path):
-    """Peaks without timing, counted; the cache in tmp_path/cache."""
-    calls = []
+    """Peaks without timing, counted (the next ones: fake_measure.peaks, .load); the cache in tmp_path/cache."""
+    calls = Calls()
 
     def measure(threads, seconds=cpuinfo.SECONDS_PER_PRECISION):
         calls.append(threads)
-        return {"peak_flops": dict(FAKE_PEAKS), "matmul": {p: {"size": 64, "sizes": [64], "threads": threads}
-                                                           for p in cpuinfo.PRECISIONS},
-                "torch_cpu_capability": "AVX512", "measured_at": f"call {len(calls)}", "load_average": 0.5}
+        return {"peak_flops": dict(calls.peaks), "matmul": {p: {"size": 64, "sizes": [64], "threads": threads}
+                                                            for p in cpuinfo.PRECISIONS},
+                "torch_cpu_capability": "AVX512", "measured_at": f"call {len(calls)}", "load_average": calls.load}
 
     monkeypatch.setattr(cpuinfo, "measure_peaks", measure)
     monkeypatch.setenv("BUDGETGPT_CACHE_DIR", str(tmp_path / "cache"))
@@ -156,6 +160,40 @@ def test_a_changed_fingerprint_or_refresh_measures_again(fake_measure, monkeypat
     other = cpuinfo.profile()
     assert len(fake_measure) == 3 and other["fingerprint"] != first["fingerprint"]
     assert other["cache_file"] != first["cache_file"] and Path(first["cache_file"]).is_file()
+
+
+def test_a_lower_peak_measured_later_never_replaces_a_higher_one(fake_measure, monkeypatch):
+    """Contention only lowers a peak: a busy machine's measurement after a quiet one is dropped."""
+    monkeypatch.setattr(cpuinfo.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    first = cpuinfo.profile()
+    fake_measure.peaks, fake_measure.load = {p: v * 0.7 for p, v in FAKE_PEAKS.items()}, 1.9
+    again = cpuinfo.profile(refresh=True)
+    assert len(fake_measure) == 2 and again["peak_flops"] == FAKE_PEAKS and again["measured_at"] == "call 1"
+    assert json.loads(Path(first["cache_file"]).read_text())["peak_flops"] == FAKE_PEAKS
+
+
+def test_a_peak_measured_under_load_is_measured_again_on_a_quieter_machine(fake_measure, monkeypatch):
+    cores = cpuinfo.host()["cores"]
+    step = cpuinfo.LOADED * cores          # how much quieter is worth measuring again
+    load = [0.9 * cores]                    # every core busy with something else
+    monkeypatch.setattr(cpuinfo.os, "getloadavg", lambda: (load[0], load[0], load[0]))
+    fake_measure.peaks, fake_measure.load = {p: v * 0.7 for p, v in FAKE_PEAKS.items()}, load[0]
+    busy = cpuinfo.profile()
+    assert cpuinfo.under_load(busy["load_average"], cores)
+    load[0] -= step / 2                     # quieter, but not by enough
+    assert cpuinfo.profile() == busy and len(fake_measure) == 1
+    load[0] = fake_measure.load = busy["load_average"] - step * 1.5
+    fake_measure.peaks = FAKE_PEAKS
+    quiet = cpuinfo.profile()
+    assert len(fake_measure) == 2 and quiet["peak_flops"] == FAKE_PEAKS and quiet["quietest_load"] == load[0]
+    assert cpuinfo.profile() == quiet and len(fake_measure) == 2   # no quieter than the quietest: cached
+
+
+def test_cost_md_says_when_the_peak_was_measured_under_load():
+    detected = {"load_average": 1.9, "cores": 2, "measured_at": "2026-12-07T04:00:00+00:00",
+                "remeasure": cpuinfo.REMEASURE}
+    assert "Peak measured under load: the load average was 1.9 on 2 cores" in render._under_load(detected)[0]
+    assert render._under_load({**detected, "load_average": 0.1}) == [] and render._under_load(None) == []
 
 
 def test_an_unwritable_cache_warns_and_still_answers(fake_measure, tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ import yaml
 from checkout import copy_checkout
 from pipeline.tools import dag
 from pipeline.core import params as params_module
-from pipeline.registry import CORPUS, STAGES, params_of
+from pipeline.registry import CORPUS, EVAL_DATA, STAGES, params_of
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -151,7 +151,10 @@ def test_snakemake_and_dvc_run_the_same_stages(tmp_path):
         tbd = [_resolved(a.template, corpus) for a in stage.inputs if a.by_content]
         assert ("<TBD>" in snake["input"]) == bool(tbd), stage.name
         expected = sorted({str(corpus) if p == dag.resolve(CORPUS.template, PARAMS) else p for p in d["deps"]})
-        assert sorted(set(_as_dvc_paths(inputs, expected)) | set(tbd)) == expected, stage.name
+        # evaluate's data: DVC tracks the directory, Snakemake the files params name there (none
+        # here; test_snakemake_tracks_the_named_eval_files)
+        named = [_resolved(a.template, corpus) for a in stage.inputs if a is EVAL_DATA]
+        assert sorted(set(_as_dvc_paths(inputs, expected)) | set(tbd) | set(named)) == expected, stage.name
         # the same outputs, bar what outlives a failure (Snakemake: a log)
         kept = [_resolved(a.template, corpus) for a in stage.outputs if a.kept_on_failure]
         assert sorted(set(snake["log"]) - {f"logs/{stage.name}.log"}) == sorted(kept), stage.name
@@ -195,6 +198,20 @@ def test_every_corpus_file_is_an_input_of_clean(tmp_path, kind):
         expected = sorted(str(p) for p in Path(corpus).rglob("*") if p.is_file() and not p.name.startswith("."))
         assert len(expected) >= 3   # the arrow shard, dataset_info.json, state.json
     assert _clean_inputs(tmp_path, corpus) == sorted(expected)
+
+
+def test_snakemake_tracks_the_named_eval_files(tmp_path):
+    """An edit to a reference text or a task file reruns evaluate: each is an input of its job (a
+    task's directory: every file in it); a missing one is left to the stage, which names its key."""
+    data = tmp_path / "eval"
+    (data / "repo/data").mkdir(parents=True)
+    for name in ("ref.txt", "task.jsonl", "repo/README.md", "repo/data/x.jsonl"):
+        (data / name).write_text("x")
+    jobs = _snakemake_jobs(tmp_path, f"paths={{corpus: {tmp_path / 'corpus'}, eval_data: {data}}}",
+                           "evaluate={reference_texts: {a: ref.txt, gone: missing.txt}, "
+                           "tasks: {piqa: task.jsonl, belebele_eng_Latn: repo}}")
+    inputs = {p for p in jobs["evaluate"]["input"] if p.startswith(str(data))}
+    assert inputs == {str(data / n) for n in ("ref.txt", "task.jsonl", "repo/README.md", "repo/data/x.jsonl")}
 
 
 def test_no_job_command_carries_a_value(tmp_path):

@@ -1,7 +1,7 @@
 """DDP on CPU (gloo): 2 processes x accumulation a == 1 process x accumulation 2a.
 
 torchrun, not `accelerate launch --cpu --num_processes 2`, which starts one process here; typed by
-hand, or started by the stage command itself from cost.num_devices (pipeline/core/launch.py).
+hand, or started by the stage command itself from the plan's devices (pipeline/core/launch.py).
 """
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def test_num_devices_makes_the_stage_command_start_that_many_processes(demo_toke
     _same_run(ddp, *single)
     text = log.read_text()
     assert "x 2 process(es)" in text and "stopped: max_steps" in text, text
+
+
+def test_the_process_count_is_the_plans_not_the_command_lines(demo_tokens, single, tmp_path):
+    """Snakemake hands train only the keys it declares, and cost.num_devices is not one: the count
+    comes from the plan the estimate made, wherever the value was set for it."""
+    ddp = tmp_path / "ddp"
+    tiny_params(demo_tokens, ddp, *RUN, "cost.num_devices=2")   # the plan, for 2 devices
+    done = run_cli(cli(demo_tokens, ddp, *RUN, plan=False))      # train's command: params.yaml's 1
+    assert done.returncode == 0, done.stderr
+    _same_run(ddp, *single)
 
 
 def _same_run(ddp, single, one) -> None:

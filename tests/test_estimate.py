@@ -125,6 +125,20 @@ def test_cpu_reports_its_hours_and_the_gate_refuses_them(tokens, tmp_path):
     assert "run allowed by cost.override_budget" in (tmp_path / "cost.md").read_text()
 
 
+def test_processes_sharing_a_cpu_are_priced_as_one_cpu(tokens, tmp_path):
+    """cost.num_devices on a CPU: processes that share its cores, its one matmul peak and its memory
+    are one CPU's price and speed, each planned for its share."""
+    sets = ("cost.hardware=cpu", "cost.pricing=owned", "cost.override_budget=true", "cost.mfu=0.5",
+            "train.tokens_per_step=30720")   # 30 sequences: split over 1 or 3 processes
+    one = run(tokens, tmp_path / "one", *sets)
+    three = run(tokens, tmp_path / "three", *sets, "cost.num_devices=3")
+    for key in ("hours", "usd", "kwh", "tokens_per_second", "peak_flops"):
+        assert three[key] == pytest.approx(one[key], rel=1e-9), key
+    assert three["plan"]["peak_flops"] == pytest.approx(one["plan"]["peak_flops"] / 3, rel=1e-12)
+    assert three["memory_usable_bytes"] == pytest.approx(one["memory_usable_bytes"] / 3, abs=1)
+    assert "x 1 (cost.num_devices: 3 processes share this CPU's cores" in (tmp_path / "three/cost.md").read_text()
+
+
 # ---- the plan ---------------------------------------------------------------------------------------
 
 def test_the_gate_shows_digits_enough_to_compare(tokens, tmp_path):
@@ -183,6 +197,7 @@ def test_model_that_fits_nowhere_says_by_how_much(tokens, tmp_path):
      r"must be a multiple of model.context x cost.num_devices \(1024 x 1\): use 19456 or 20480"),
     (["cost.num_devices=3"], "use 18432 or 21504"),
     (["train.precision=bf16"], "train.precision bf16 on t4-16gb: it has no native bf16"),
+    (["train.compile=true"], "train.compile: true on t4-16gb: .* compute capability 8.0 and newer only"),
     (["train.device=cpu"], "train.device is cpu but cost.hardware t4-16gb is a cuda device"),
 ])
 def test_plan_settings_that_cannot_work(tokens, tmp_path, overrides, expected):
@@ -235,6 +250,24 @@ def test_gate_exit_code_and_one_line_message_from_the_cli(tokens, tmp_path):
     assert result.returncode == 3
     assert result.stderr.startswith("error: over budget on t4-16gb") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and not (tmp_path / "plan.json").exists()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("train.compile=true", "error: train.compile: true on t4-16gb: torch.compile's GPU kernels need Triton"),
+    ("train.precision=bf16", "error: train.precision bf16 on t4-16gb: it has no native bf16")])
+def test_what_a_t4_cannot_run_is_one_line_from_the_cli_before_any_plan(tokens, tmp_path, setting, message):
+    paths = [f"paths.tokens={tokens / 'tokens'}", f"paths.tokenizer={tokens / 'tokenizer'}",
+             f"paths.reports={tmp_path}", "cost.hardware=t4-16gb", setting]
+    args = [sys.executable, "-m", "pipeline", "estimate"] + [a for p in paths for a in ("--set", p)]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_compile_is_planned_on_ampere(tokens, tmp_path):
+    run(tokens, tmp_path, "cost.hardware=rtx2050-laptop-4gb", "cost.pricing=owned", "cost.override_budget=true",
+        "train.compile=true")
+    assert json.loads((tmp_path / "plan.json").read_text())["device"] == "rtx2050-laptop-4gb"
 
 
 def test_override_passes_and_is_recorded(tokens, tmp_path):

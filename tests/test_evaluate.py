@@ -129,7 +129,9 @@ def make_world(root: Path) -> Path:
 def make_params(root: Path, *overrides: str) -> P.Params:
     sets = [f"paths.{k}={root / v}" for k, v in (("tokenizer", "data/tokenizer"), ("tokens", "data/tokens"),
             ("reports", "reports"), ("checkpoints", "checkpoints"), ("model", "models/final"))]
-    sets += [f"model.context={CONTEXT}", "evaluate.batch_size=3", "evaluate.max_new_tokens=8",
+    # params.model describes the model under evaluation (_tiny_model)
+    sets += ["model.architecture=gpt2", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+             f"model.context={CONTEXT}", "evaluate.batch_size=3", "evaluate.max_new_tokens=8",
              "evaluate.checkpoints=all", "train.device=cpu", "train.tokens_per_step=1024",
              f"evaluate.prompts={json.dumps(PROMPTS)}", *overrides]
     return P.load([Path(__file__).parents[1] / "params.yaml"], sets)
@@ -412,6 +414,12 @@ def test_context_longer_than_the_model(copy):
     assert re.search(r"model.context \(64\) exceeds the 32 positions", _refusal(copy, "model.context=64"))
 
 
+def test_a_model_of_another_shape_than_params_model(copy):
+    """Stages run by hand out of order: a 2-layer model, params now saying 4."""
+    refusal = _refusal(copy, "model.n_layer=4")
+    assert "model.n_layer gives num_hidden_layers 4, the model has 2" in refusal and "\n" not in refusal, refusal
+
+
 def test_samples_longer_than_the_model(copy):
     assert re.search(r"evaluate.max_new_tokens \(31\) leaves no room", _refusal(copy, "evaluate.max_new_tokens=31"))
 
@@ -433,6 +441,7 @@ def test_on_the_demo_tokens_as_the_train_stage_saves_a_model(demo_tokens, tmp_pa
     manifest = demo_tokens.manifest
     torch.manual_seed(0)
     tiny = P.Model(architecture="gpt2", n_layer=2, n_embd=32, n_head=2, context=params.model.context, dropout=0.0)
+    params = params.model_copy(update={"model": tiny})
     build_model(tiny, manifest["vocab_size"], manifest["eot_token_id"]).save_pretrained(params.paths.model)
     AutoTokenizer.from_pretrained(params.paths.tokenizer).save_pretrained(params.paths.model)
     result = run_stage("evaluate", params)

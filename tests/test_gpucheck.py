@@ -73,6 +73,16 @@ def test_cpu_check_predicts_the_plans_without_training_them(cpu_check):
         assert 0 < plan["predicted_bytes"] <= plan["usable_bytes"]
 
 
+def test_cpu_check_probes_the_trained_demo_models_fp16_headroom(cpu_check):
+    _, result, text = cpu_check
+    headroom = result["fp16_headroom"]
+    assert headroom["source"] == f"params.model after {gpucheck.HEADROOM_STEPS['cpu']} training steps in fp32 on cpu"
+    assert [layer["name"] for layer in headroom["layers"]] == [f"block {i}" for i in range(4)] + ["lm_head"]
+    assert all(layer["activation_margin"] > headroom["safety"] for layer in headroom["layers"])
+    assert "## fp16 headroom" in text and "| block 3 |" in text and "fp16 headroom: ok" in text
+    assert "- torch.compile: not checked on CPU" in text
+
+
 def test_cpu_check_markdown(cpu_check):
     _, result, text = cpu_check
     assert text.startswith(f"# GPU check: {result['name']} (cpu)")
@@ -177,6 +187,12 @@ def cuda_result(**changes):
               "sdpa": {"enabled": {"flash": True, "mem_efficient": True, "math": True},
                        "usable_fp16": {"flash": False, "mem_efficient": True, "cudnn": False}},
               "configs": [{**config, **changes.pop("config", {})}], "plans": [{**plan, **changes.pop("plan", {})}],
+              "preflight": {"driver": "580.95.05", "driver_problem": None,
+                            "compile": {"planner_allows": False, "planner_says": "train.compile: true on t4-16gb: ...",
+                                        "runs": False, "note": "RuntimeError: Triton does not support sm_75"},
+                            **changes.pop("preflight", {})},
+              "fp16_headroom": {"problems": changes.pop("headroom_problems", []),
+                                "markdown": "# fp16 headroom: demo\n\n| layer | largest activation |\nfp16 headroom: ok\n"},
               "elapsed_s": 200.0, "time_limit_s": 420.0}
     return {**result, **changes}
 
@@ -204,6 +220,19 @@ def test_judge_notes_a_runtime_larger_than_the_allowance():
     assert any("tight on the real card" in n for n in notes)  # 2.6 + 1.5 > 3.8
 
 
+def test_judge_flags_what_a_first_paid_run_would_meet():
+    allowed_but_fails = {"planner_allows": True, "planner_says": "", "runs": False, "note": "RuntimeError: no sm_75"}
+    problems, _ = gpucheck.judge(cuda_result(
+        preflight={"driver_problem": "NVIDIA driver 535.183.01 (Tesla T4, nvidia-smi) is older than 580",
+                   "compile": allowed_but_fails},
+        headroom_problems=["fp16 headroom: model.layers.1.mlp.up_proj output reaches 1.2e+05"],
+        config={"sdpa_kernel": "math"}))
+    assert [p.split(" ")[0] for p in problems] == ["NVIDIA", "torch.compile", "fp16", "params"]
+    assert "SDPA ran the math kernel" in problems[-1]
+    stale = {"planner_allows": False, "planner_says": "refused", "runs": True, "note": ""}
+    assert any("may be out of date" in n for n in gpucheck.judge(cuda_result(preflight={"compile": stale}))[1])
+
+
 def test_cuda_markdown():
     result = cuda_result()
     result["problems"], result["warnings"] = gpucheck.judge(result)
@@ -212,7 +241,10 @@ def test_cuda_markdown():
                      "NVML energy counter: reads", "usable here for GPT-2 attention in fp16: mem_efficient",
                      "| rtx2050-laptop-4gb | micro-batch 1 x 20 accum, bf16 | 2.90 |", "| fp16 | 20 |",
                      "| params | fp16 | off | 8 | 6.00 / 6.40 | 6.10 | 1.02 |", "| 40 | mem_efficient | ok |",
-                     "the plans for rtx2050-laptop-4gb train within their caps"):
+                     "the plans for rtx2050-laptop-4gb train within their caps", "## Before a paid run",
+                     "- NVIDIA driver (nvidia-smi): 580.95.05: new enough for this torch build",
+                     "- torch.compile here: fails (RuntimeError: Triton does not support sm_75); the planner refuses",
+                     "## fp16 headroom (pipeline/tools/fp16probe.py)\n\n| layer | largest activation |"):
         assert expected in text, expected
 
 
@@ -234,6 +266,9 @@ def test_cuda_check_on_the_demo_model(tmp_path, monkeypatch):
         assert c["sdpa_kernel"] != "none seen"
     assert {p["status"] for p in result["plans"]} <= {"fits", "skipped"}
     assert "## The 4 GB and 16 GB plans" in (tmp_path / "reports" / "gpu-check.md").read_text()
+    # before a paid run: the driver read, torch.compile tried, the trained demo model's fp16 margin
+    assert result["preflight"]["driver"] and result["preflight"]["compile"]["runs"] in (True, False)
+    assert result["fp16_headroom"]["source"].endswith("in fp16 on cuda") and result["fp16_headroom"]["layers"]
 
 
 @pytest.mark.cuda

@@ -30,3 +30,15 @@ def test_what_was_not_measured_is_left_out():
     unavailable = {"val_loss": float("nan"), "bits_per_byte": 4.1,
                    "estimate_vs_actual": {"available": False, "note": "no train report"}}
     assert headline.headline(unavailable) == {"bits_per_byte": 4.1}
+
+
+def test_each_reference_text_and_task_adds_its_columns():
+    """evaluate.reference_texts and evaluate.tasks: one column per text, per task metric and its
+    error; an error lm-eval could not give (one item) is left out."""
+    result = {**_result(), "reference_texts": {"flores_azj": {"bits_per_byte": 1.9, "tokens": 10}},
+              "tasks": {"belebele_azj_Latn": {"n": 900, "chance": 0.25, "metrics": {
+                  "acc": {"value": 0.27, "stderr": 0.015, "vs_chance": "not distinguishable from chance"},
+                  "acc_norm": {"value": 0.29, "stderr": None, "vs_chance": "above chance"}}}}}
+    assert headline.headline(result) == {
+        "val_loss": 5.5, "bits_per_byte": 4.1, "flores_azj_bits_per_byte": 1.9, "belebele_azj_Latn_acc": 0.27,
+        "belebele_azj_Latn_acc_stderr": 0.015, "belebele_azj_Latn_acc_norm": 0.29}

@@ -55,6 +55,19 @@ def test_all_problems_are_reported_at_once_each_naming_its_key():
         assert key in message, key
 
 
+@pytest.mark.parametrize("value, message", [
+    ('{"flores": "/data/flores.txt"}', "flores: /data/flores.txt must be a path inside paths.eval_data"),
+    ('{"flores": "../flores.txt"}', "flores: ../flores.txt must be a path inside paths.eval_data"),
+    ('{"flores.azj": "flores.txt"}', "'flores.azj': a name of letters, digits, '_' and '-'"),
+])
+def test_evaluation_data_is_named_inside_paths_eval_data(value, message):
+    """DVC tracks paths.eval_data: a file elsewhere could change without rerunning evaluate."""
+    for key in ("evaluate.reference_texts", "evaluate.tasks"):
+        with pytest.raises(PipelineError) as info:
+            P.load([BASE], [f"{key}={value}"])
+        assert f"{key}: {message}" in str(info.value)
+
+
 def test_an_unknown_architecture_is_one_problem_naming_the_choices_and_the_closest():
     with pytest.raises(PipelineError) as info:
         P.load([BASE], ["model.architecture=qwen"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -85,3 +86,35 @@ def test_a_corrupt_newest_checkpoint_is_skipped_loudly(demo_tokens, tmp_path, ca
     assert max_difference(final_weights(tmp_path), finished) == 0  # steps 6-10 retrained identically
     assert train_losses(tmp_path) == losses
     ckpt.verify(tmp_path / "checkpoints" / "step-000010")
+
+
+def test_a_new_machine_resumes_bitwise_from_a_file_url(demo_tokens, tmp_path):
+    """paths.checkpoints_remote: file:///mnt/nfs/... (a share every VM mounts): each checkpoint is
+    uploaded into its own step folder, and a run killed on one machine, its disk gone, resumes on
+    another from the share as if never stopped."""
+    # a lease not renewed for 2 s is a dead machine's (the default waits two minutes)
+    share = (f"paths.checkpoints_remote=file://{tmp_path / 'share' / 'run'}", "train.remote_lease_seconds=2")
+    reference = tmp_path / "reference"
+    done = run_cli(cli(demo_tokens, reference, *RUN))
+    assert done.returncode == 0, done.stderr
+
+    first = tmp_path / "vm-1"
+    proc = start(cli(demo_tokens, first, *RUN, *share))
+    uploaded = tmp_path / "share" / "run" / "step-000010" / ckpt.store.SUMS
+    deadline = time.monotonic() + 300
+    while not uploaded.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    shutil.rmtree(first)   # the machine's disk goes with it
+
+    second = tmp_path / "vm-2"
+    done = run_cli(cli(demo_tokens, second, *RUN, *share))
+    assert done.returncode == 0, done.stderr
+    resumed = report(second)["resumed_from"]
+    assert int(resumed.removeprefix("step-")) >= 10 and f"fetched {resumed} from file://" in done.stdout + done.stderr
+    ours, theirs = final_weights(second), final_weights(reference)
+    assert all(ours[k].equal(theirs[k]) for k in theirs), "not bitwise identical to the uninterrupted run"
+    kept = sorted(p.name for p in (tmp_path / "share" / "run").glob("step-*") if (p / ckpt.store.SUMS).is_file())
+    assert kept[-1] == "step-000030", kept

@@ -116,6 +116,19 @@ def job_states(slurm: LocalSlurm) -> dict[str, str]:
     return dict(line.split("|") for line in out.split())
 
 
+# States a job passes through on its way to a final one (squeue(1), JOB STATE CODES): a cancelled
+# job is COMPLETING while its processes end.
+PASSING = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"}
+
+
+def final_state(slurm: LocalSlurm, job: str, seconds: float = 60) -> str | None:
+    """The job's state once it is final (or whatever it is after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while (state := job_states(slurm).get(job)) in PASSING and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return state
+
+
 def same_training(one: Path, other: Path) -> None:
     """The same weights and the same loss curve, byte for byte."""
     assert filecmp.cmp(one / "models/final/model.safetensors", other / "models/final/model.safetensors", shallow=False)
@@ -200,7 +213,7 @@ def _interrupted(work: Path, slurm: LocalSlurm, args: list, after: int, interrup
         output, _ = driver.communicate(timeout=150)
     finally:
         driver.kill()
-    assert driver.returncode != 0 and job_states(slurm)[running[0]] == "CANCELLED", output
+    assert driver.returncode != 0 and final_state(slurm, running[0]) == "CANCELLED", output
     # Snakemake may be gone before the job's processes are (a Ctrl-C cancels and exits)
     slurm_log = work / ".snakemake/slurm_logs/rule_train" / f"{running[0]}.log"
     exited = lambda: slurm_log.exists() and "returned non-zero exit status 143" in slurm_log.read_text()

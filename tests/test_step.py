@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.engine import step
 from pipeline.model.build import build_model
@@ -338,3 +339,65 @@ def test_a_compiled_model_steps_as_the_plain_one():
         assert torch.allclose(compiled.micro(x, x, accum=1, model=wrapper), expected, atol=1e-6)
         plain.update(), compiled.update()
     assert max_difference(net.state_dict(), twin.state_dict()) < 1e-6
+
+
+def test_the_fp16_newton_schulz_patch_is_what_torchs_muon_step_calls(monkeypatch):
+    """A T4's Muon runs the iteration in fp16 through the patch over torch's private
+    _zeropower_via_newtonschulz: if torch renames it or stops calling it from its step, the patch
+    would silently not run (and torch's bf16 one, emulated on a T4, would); this fails instead."""
+    from torch.optim import _muon
+
+    assert callable(getattr(_muon, "_zeropower_via_newtonschulz", None)), "torch renamed the Newton-Schulz function"
+    net, train = _tiny_model("qwen3", "muon")
+    opt = step.optimizer_for(net, train)
+    opt.newton_schulz = "fp16"  # what newton_schulz_precision gives a GPU without native bf16
+    seen = []
+    orthogonalize = step.orthogonalize
+    monkeypatch.setattr(step, "orthogonalize", lambda *a, dtype: seen.append(dtype) or orthogonalize(*a, dtype=dtype))
+    runner = step.TrainStep(net, opt, precision="fp32", device="cpu", grad_clip=1.0)
+    x = torch.randint(0, 32, (2, 8))
+    runner.micro(x, x, accum=1)
+    assert runner.update().applied
+    assert seen == [torch.float16] * len(step.hidden_matrices(net))
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4])
+def test_fp16_newton_schulz_stays_finite_and_matches_fp32_at_every_gradient_scale(scale):
+    """Gradients from 1e-8 (a late, small step; below fp16's smallest normal, 6.1e-5) to 1e4 (an
+    fp16 loss scale not yet backed off): normalized in fp32 before the cast, so fp16 sees values of
+    order 1 / sqrt(n) whatever the scale. Tolerance 5e-3: fp16 keeps 11 bits of mantissa (2^-11 =
+    4.9e-4 relative), five iterations with three matmuls each round a few times that; bf16 keeps 8
+    (the 0.02 above)."""
+    from torch.optim import _muon
+
+    coefficients = (_muon.DEFAULT_A, _muon.DEFAULT_B, _muon.DEFAULT_C)
+    torch.manual_seed(0)
+    for shape in ((64, 128), (128, 64), (96, 96)):
+        grad = torch.randn(shape) * scale
+        fp16 = step.orthogonalize(grad, coefficients, 5, 1e-7, dtype=torch.float16)
+        fp32 = step.orthogonalize(grad, coefficients, 5, 1e-7, dtype=torch.float32)
+        assert torch.isfinite(fp16).all()
+        assert (fp16.float() - fp32).abs().max() < 5e-3
+        assert fp32.abs().max() > 0.05  # not a trivial match of two zero matrices
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "qwen3"])
+def test_attention_takes_the_causal_path_with_no_mask_as_the_trainer_runs_it(architecture, monkeypatch):
+    """The trainer's forward (loss_of: input_ids only, no attention_mask) must reach
+    scaled_dot_product_attention with is_causal=True and attn_mask None: with an explicit mask a
+    T4 gets neither flash (sm_80+) nor, in many versions, the memory-efficient kernel, and the math
+    kernel's T x T scores break the memory plan."""
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask", args[3] if len(args) > 3 else None), kwargs.get("is_causal")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    net, _ = _tiny_model(architecture)
+    x = torch.randint(0, 32, (2, 8))
+    loss, _ = step.loss_of(net, x, x, "cpu", "fp16")
+    loss.backward()
+    assert len(calls) == net.config.num_hidden_layers
+    assert all(mask is None and causal is True for mask, causal in calls), calls

@@ -7,13 +7,11 @@ user and a read-only tmpfs mount for root (root writes through permissions).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
+from mountkit import tmpfs
 from trainkit import DEMO_FILES, cli, run_cli, tiny_sets
 
 RUN = ("train.max_steps=2", "train.eval_every=2", "train.checkpoint_every=2")
@@ -49,14 +47,37 @@ def read_only(directory: Path):
         finally:
             directory.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(directory)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"root, and no read-only mount here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(directory, "ro,size=1m"):
         yield
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
+
+
+def stage_cli(stage: str, *sets: str) -> list[str]:
+    args = [sys.executable, "-m", "pipeline", stage]
+    for f in DEMO_FILES:
+        args += ["--params", str(f)]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+def test_a_disk_that_fills_up_during_tokenize(demo_tokens, tmp_path):
+    """ENOSPC in the token files: one line naming the output and its key; the outputs that were
+    there stay, and no staged copy is left on the full disk."""
+    full, tokenizer = tmp_path / "full", tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "before.txt").write_text("the tokenizer from an earlier run\n")
+    with tmpfs(full, "size=64k"):
+        (full / "tokens").mkdir()
+        (full / "tokens" / "before.txt").write_text("the tokens from an earlier run\n")
+        done = run_cli(stage_cli("tokenize", f"paths.corpus={demo_tokens.params.paths.corpus}",
+                                 f"paths.tokenizer={tokenizer}", f"paths.tokens={full / 'tokens'}",
+                                 "tokenizer.vocab_size=512"))
+        line = _one_line_error(done, str(full / "tokens"), "the disk is full", "paths.tokens", "nothing was replaced")
+        assert "No space left on device" in line, line
+        assert sorted(p.name for p in full.iterdir()) == ["tokens"], "a staged copy was left on the full disk"
+        assert [p.name for p in (full / "tokens").iterdir()] == ["before.txt"]
+    assert [p.name for p in tokenizer.iterdir()] == ["before.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_read_only_checkpoints(demo_tokens, tmp_path):
@@ -69,12 +90,16 @@ def test_reports_under_a_regular_file(demo_tokens, tmp_path):
     """The estimate stage's reports: the same one line, naming paths.reports."""
     blocker = tmp_path / "file"
     blocker.write_text("x\n")
-    args = [sys.executable, "-m", "pipeline", "estimate"]
-    for f in DEMO_FILES:
-        args += ["--params", str(f)]
-    for item in tiny_sets(demo_tokens, tmp_path, f"paths.reports={blocker / 'reports'}"):
-        args += ["--set", item]
+    args = stage_cli("estimate", *tiny_sets(demo_tokens, tmp_path, f"paths.reports={blocker / 'reports'}"))
     _one_line_error(run_cli(args), str(blocker / "reports"), "paths.reports")
+
+
+def test_reports_that_is_a_file(demo_tokens, tmp_path):
+    """The folder itself a file: mkdir's "File exists" said as what is wrong."""
+    reports = tmp_path / "reports"
+    reports.write_text("a file where the reports folder should be\n")
+    line = _one_line_error(run_cli(stage_cli("estimate", *tiny_sets(demo_tokens, tmp_path))), "paths.reports")
+    assert f"{reports} is a file, not a folder" in line and "File exists" not in line, line
 
 
 def test_log_file_under_a_regular_file(demo_tokens, tmp_path):

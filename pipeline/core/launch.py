@@ -1,5 +1,6 @@
-"""One stage command for any number of devices: `python -m pipeline train` with cost.num_devices: N
-> 1 runs itself as N processes, as
+"""One stage command for any number of devices: `python -m pipeline train` whose plan is for N > 1
+devices (reports/plan.json's `devices`: cost.num_devices as the estimate stage read it) runs
+itself as N processes, as
 
     torchrun --standalone --nproc_per_node N --shutdown-timeout 600 -m pipeline train ARGS...
 
@@ -17,6 +18,9 @@ budget).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 # How long the launcher waits for signalled workers to checkpoint before it kills them: a
 # checkpoint of the largest model the catalog plans for takes seconds to a minute on local disk.
@@ -30,12 +34,25 @@ def torchrun_args(processes: int, rendezvous: list[str] | None = None) -> list[s
             "--shutdown-timeout", str(SHUTDOWN_SECONDS), "-m", "pipeline"]
 
 
-def launch(num_devices: int, argv: list[str]) -> int | None:
-    """`python -m pipeline ARGV` as num_devices processes, spread over the nodes of a SLURM job that
-    holds several (pipeline/core/multinode.py), and their exit code; None when the run is this one
-    process, which then runs the stage itself."""
+def planned_devices(plan: Path) -> int:
+    """The devices the estimate stage planned for: the count train reads and holds the run to
+    (pipeline/engine/plan.py), wherever cost.num_devices was set. train declares the plan and not
+    cost.num_devices, so a driver's params overlay for train (Snakemake's) does not carry the key.
+    1 where there is no readable plan: the stage then says what is wrong with it, in one line."""
+    try:
+        devices = json.loads(Path(plan).read_text(encoding="utf-8")).get("devices")
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return devices if isinstance(devices, int) and devices > 0 else 1
+
+
+def launch(plan: Path, argv: list[str]) -> int | None:
+    """`python -m pipeline ARGV` as the plan's number of processes, spread over the nodes of a SLURM
+    job that holds several (pipeline/core/multinode.py), and their exit code; None when the run is
+    this one process, which then runs the stage itself."""
     from pipeline.core import multinode   # which runs its nodes' shares through run_as_processes
 
+    num_devices = planned_devices(plan)
     nodes = multinode.allocated_nodes()
     if nodes > 1:
         return multinode.run_on_nodes(num_devices, nodes, argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,8 @@ MERGE_TAG = "tag:yaml.org,2002:merge"   # YAML `<<: *anchor`
 Positive = Field(gt=0)
 NonNegative = Field(ge=0)
 Fraction = Field(gt=0, lt=1)
+# a reference text's or task's name: it names metrics, and a dot would split its params key
+REPORT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _not_a_boolean(value: Any) -> Any:
@@ -90,6 +93,9 @@ class Paths(Section):
     reports: Path
     checkpoints: Path
     model: Path
+    # evaluate's reference texts and task data (evaluate.reference_texts, evaluate.tasks): a
+    # dependency of evaluate as a whole, so an edit to a file in it reruns evaluate under DVC
+    eval_data: Path
     # a copy of the checkpoints off the machine (pipeline/engine/checkpoint/remote.py): an fsspec URL
     checkpoints_remote: str | None = None
 
@@ -199,6 +205,8 @@ class Cost(Section):
     budget_tolerance: Float = Field(ge=0)
     learn_mfu: bool
     extra_hardware: dict[str, dict[str, Any]]
+    forecast: bool = False
+    forecast_share: Float = Field(default=0.25, gt=0, le=1)
 
 
 class Train(Section):
@@ -253,6 +261,21 @@ class Evaluate(Section):
     temperature: Float = Positive
     top_k: Int = Positive
     seed: Int
+    # name -> a text file under paths.eval_data: bits per byte on each (pipeline/evaluation/reference.py)
+    reference_texts: dict[str, Path]
+    # lm-eval task or group -> its data under paths.eval_data (pipeline/evaluation/harness.py)
+    tasks: dict[str, Path]
+
+    @field_validator("reference_texts", "tasks")
+    @classmethod
+    def _under_eval_data(cls, entries: dict[str, Path]) -> dict[str, Path]:
+        for name, path in entries.items():
+            if not REPORT_NAME.fullmatch(name):
+                raise ValueError(f"{name!r}: a name of letters, digits, '_' and '-' (it names metrics)")
+            if path.is_absolute() or ".." in path.parts or path == Path("."):
+                raise ValueError(f"{name}: {path} must be a path inside paths.eval_data, relative to it (DVC "
+                                 "tracks that directory, so an edit to the file reruns evaluate)")
+        return entries
 
 
 class Params(Section):
@@ -291,6 +314,10 @@ class Params(Section):
         """One line per value `auto` chose, for the stages that use it to print:
         "train.lr auto: 0.0018 = min(0.002, 0.0006 x 768/256)"."""
         return [f"{key} auto: {why}" for key, why in self._auto.items()]
+
+    def is_auto(self, key: str) -> bool:
+        """Whether `key` ("train.lr") was auto and resolved by load."""
+        return key in self._auto
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain JSON-able data (for manifests and rerun triggers)."""

@@ -1,7 +1,7 @@
 """This machine's CPU as a training device: what it is, what this process may use, how fast it multiplies.
 
     profile()                  # the cpu catalog entry's facts, peaks measured once per machine and cached
-    profile(refresh=True)      # measure again
+    profile(refresh=True)      # measure again (a lower peak never replaces a higher one)
     python -m pipeline.cost.cpuinfo [--refresh]   # print them (and measure again)
 
 Facts are read on every call (cheap): the model name and ISA flags from /proc/cpuinfo, the cores
@@ -9,6 +9,11 @@ from the CPU affinity capped by the cgroup CPU quota, the memory from /proc/memi
 cgroup memory limit. The matmul peaks take a few seconds, so they are cached in a JSON file outside
 the repository ($BUDGETGPT_CACHE_DIR, else $XDG_CACHE_HOME/budgetgpt, else ~/.cache/budgetgpt),
 named by a fingerprint of what sets them: the model, the flags, the cores and the torch version.
+
+Other processes on the cores can only lower a measured peak, never raise it: the cache keeps the
+highest measurement, and measures again when the machine is quieter than it was at the quietest
+measurement so far by a quarter of its cores (LOADED), so that one taken on a busy machine does
+not price every later run on it.
 """
 from __future__ import annotations
 
@@ -36,7 +41,11 @@ REMEASURE = "python -m pipeline.cost.cpuinfo --refresh"
 SECONDS_PER_PRECISION = 1.0
 MIN_REPEATS = 3
 MAX_SIZE = 8192
-CACHED_TYPES = {"fingerprint": str, "torch_cpu_capability": str, "measured_at": str, "load_average": (int, float)}
+CACHED_TYPES = {"fingerprint": str, "torch_cpu_capability": str, "measured_at": str, "load_average": (int, float),
+                "quietest_load": (int, float)}
+# The 1-minute load average per usable core from which a measurement counts as taken under load,
+# and by which a quieter machine is worth measuring again.
+LOADED = 0.25
 
 
 def _read(path: Path) -> str:
@@ -209,6 +218,7 @@ def measure_peaks(threads: int, seconds: float = SECONDS_PER_PRECISION) -> dict[
     """Every precision's matmul peak on `threads` threads (torch's setting is restored after)."""
     import torch
 
+    load = os.getloadavg()[0]   # before the matmuls, which raise it themselves
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -221,7 +231,7 @@ def measure_peaks(threads: int, seconds: float = SECONDS_PER_PRECISION) -> dict[
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             # other processes on these cores lower the peaks: the record says how busy they were
-            "load_average": round(os.getloadavg()[0], 2)}
+            "load_average": round(load, 2)}
 
 
 # ---- cache --------------------------------------------------------------------------------------
@@ -253,15 +263,34 @@ def profile(*, refresh: bool = False) -> dict[str, Any]:
     facts = host()
     key = fingerprint(facts)
     path = cache_dir() / f"cpu-{key}.json"
-    measured = None if refresh else _cached(path, key)
-    if measured is None:
-        measured = {"fingerprint": key, **measure_peaks(facts["cores"])}
+    measured = _cached(path, key)
+    if refresh or measured is None or _quieter_now(measured, facts["cores"]):
+        fresh = {"fingerprint": key, **measure_peaks(facts["cores"])}
+        # read again: an estimate running beside this one may have measured meanwhile
+        measured = kept(_cached(path, key), fresh)
         try:
             atomic.write_json(path, measured)
         except OSError as exc:  # a read-only home still gets its estimate, measured each time
             print(f"warning: could not cache the CPU peaks in {path}: {exc}", file=sys.stderr)
             path = None
     return {**facts, **measured, "cache_file": str(path) if path else None, "remeasure": REMEASURE}
+
+
+def kept(cached: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The measurement with the higher fp32 peak (what a CPU run is planned in), the fresh one on a
+    tie, with the lowest load any measurement was taken at."""
+    if cached is None:
+        return {**fresh, "quietest_load": fresh["load_average"]}
+    best = fresh if fresh["peak_flops"]["fp32"] >= cached["peak_flops"]["fp32"] else cached
+    return {**best, "quietest_load": min(cached["quietest_load"], fresh["load_average"])}
+
+
+def under_load(load_average: float, cores: int) -> bool:
+    return load_average >= LOADED * cores
+
+
+def _quieter_now(cached: dict[str, Any], cores: int) -> bool:
+    return cached["quietest_load"] - os.getloadavg()[0] >= LOADED * cores
 
 
 def main(argv: list[str] | None = None) -> None:

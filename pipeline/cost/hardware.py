@@ -133,6 +133,11 @@ class Device:
         """The catalog's assumed MFU of a run in `precision` (model FLOPs over that precision's peak)."""
         return self.mfu_by_precision.get(precision, self.mfu_default)
 
+    def priced(self, num_devices: int) -> int:
+        """The devices cost.num_devices processes pay for and run at the speed of: on a CPU they
+        share one machine's cores and its one matmul peak, so they are one CPU, not N."""
+        return 1 if self.kind == "cpu" else num_devices
+
     def usd_per_hour(self, pricing: str) -> float | None:
         """The catalog price for on_demand / spot / colab; None where not rented that way."""
         return {"on_demand": self.usd_per_hour_on_demand, "spot": self.usd_per_hour_spot,
@@ -257,7 +262,7 @@ def _detected_sources(found: dict[str, Any]) -> dict[str, str]:
             "peak_tflops": f"measured on this machine at {found['measured_at']}, load average "
                            f"{found['load_average']:g}: fastest square matmul on {found['cores']} threads, torch "
                            f"{found['torch_version']} (sizes {sizes}); {cached}; other processes on these cores "
-                           f"lower it: `{found['remeasure']}` on a quiet machine measures again",
+                           "lower it: the highest measurement is kept, and a quieter machine measures again",
             "bf16_native": f"detected: {found['flags_source']} list "
                            f"{' and '.join(bf16_flags) or 'neither avx512_bf16 nor amx_bf16'}; "
                            f"torch.backends.cpu.get_cpu_capability() is {found['torch_cpu_capability']}"}

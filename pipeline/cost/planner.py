@@ -50,6 +50,19 @@ def precision_for(params: Params, device: Device) -> str:
 
 
 
+def check_compile(params: Params, device: Device) -> None:
+    """train.compile on a GPU below compute capability 8.0 is refused before anything is paid for:
+    torch.compile generates its GPU kernels with Triton, and Triton dropped Turing (sm_75, the T4)
+    in 3.3 (triton-lang/triton PR #5066); the lock pins triton 3.7.1, so the compile would fail at
+    the first step. Refused rather than planned without it: the estimate prices the run params
+    describe, and a params file that silently trains otherwise on one device is a second recipe.
+    Every catalog GPU without native bf16 is below 8.0 (bf16 tensor cores came with Ampere, 8.0)."""
+    if params.train.compile and device.kind == "cuda" and not device.bf16_native:
+        raise PipelineError(f"train.compile: true on {device.name}: torch.compile's GPU kernels need Triton, which "
+                            "supports compute capability 8.0 and newer only (Triton 3.3 dropped Turing): set "
+                            "train.compile: false")
+
+
 def sequences_per_device(params: Params, num_devices: int) -> int:
     train, context = params.train, params.model.context
     per_step = context * num_devices
@@ -68,6 +81,8 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
     ignores them, for the what-if table). Returns the smallest failing candidate when nothing fits.
     """
     train, cost = params.train, params.cost
+    if not auto:
+        check_compile(params, device)
     seqs = sequences_per_device(params, cost.num_devices)
     precision = native_precision(device) if auto else precision_for(params, device)
     if train.micro_batch_size != "auto" and not auto:
@@ -80,7 +95,10 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
         micros = sorted(divisors(seqs), reverse=True)
     checkpointing = [False, True] if train.activation_checkpointing == "auto" or auto else \
         [train.activation_checkpointing]
-    usable = int(device.memory_bytes * (1 - cost.memory_headroom))
+    # each process's share of a device: all of a GPU; on a CPU, whose cores and memory the
+    # processes share (Device.priced), a num_devices-th
+    share = device.priced(cost.num_devices) / cost.num_devices
+    usable = int(device.memory_bytes * (1 - cost.memory_headroom) * share)
     last = None
     for ckpt in checkpointing:
         for micro in micros:
@@ -93,7 +111,7 @@ def plan_for(params: Params, device: Device, vocab: int, *, auto: bool = False) 
                           activation_checkpointing=ckpt)
             plan = Plan.make(device=device.name, device_kind=device.kind, devices=cost.num_devices, **layout,
                              tokens_per_step=train.tokens_per_step, optimizer=train.optimizer,
-                             model=params.section("model"), peak_flops=device.peak_flops[precision],
+                             model=params.section("model"), peak_flops=device.peak_flops[precision] * share,
                              calibration_key=key_for(device, params.model, vocab, **layout,
                                                      optimizer=train.optimizer, devices=cost.num_devices))
             last = Fit(plan, memory, usable)

@@ -77,34 +77,35 @@ class Work:
 
 def price(work: Work, device: Device, params: Params, *, mfu: float, usd_per_hour: float | None,
           wall_over_steps: float | None = None, whole_steps: bool = False) -> dict[str, Any]:
-    """Hours, dollars, kWh and CO2 of `work` on cost.num_devices devices at model FLOPs utilization
-    `mfu`. The time outside the optimizer steps is a measured share (wall_over_steps, learned from
-    an earlier run) where there is one, else the validations' forward FLOPs. whole_steps: the MFU
-    was measured over whole optimizer steps (calibrated, learned), so their update is in it."""
-    cost = params.cost
-    peak = device.peak_flops[work.plan.precision] * cost.num_devices
+    """Hours, dollars, kWh and CO2 of `work` on cost.num_devices devices (one, on a CPU:
+    Device.priced) at model FLOPs utilization `mfu`. The time outside the optimizer steps is a
+    measured share (wall_over_steps, learned from an earlier run) where there is one, else the
+    validations' forward FLOPs. whole_steps: the MFU was measured over whole optimizer steps
+    (calibrated, learned), so their update is in it."""
+    cost, devices = params.cost, device.priced(params.cost.num_devices)
+    peak = device.peak_flops[work.plan.precision] * devices
     # Muon's Newton-Schulz iterations: matmuls outside model FLOPs, in the device's own precision
     ns_peak = device.peak_flops[compute.newton_schulz_precision(device.kind, device.bf16_native)]
-    optimizer_hours = 0.0 if whole_steps else work.optimizer_flops / (ns_peak * cost.num_devices * mfu) / 3600
+    optimizer_hours = 0.0 if whole_steps else work.optimizer_flops / (ns_peak * devices * mfu) / 3600
     step_hours = work.flops / (peak * mfu) / 3600 + optimizer_hours
     if wall_over_steps:
         hours = step_hours * wall_over_steps
     else:
         # validation runs at the hardware's utilization for this model, which recompute does not lower
         hours = step_hours + work.eval_flops / (peak * mfu * work.recompute) / 3600
-    kwh = device.power_watts * cost.num_devices * hours * cost.pue / 1000
+    kwh = device.power_watts * devices * hours * cost.pue / 1000
     if cost.pricing == "owned":
         rate = usd_per_hour or 0.0
-        usd = kwh * cost.electricity_usd_per_kwh + rate * cost.num_devices * hours
+        usd = kwh * cost.electricity_usd_per_kwh + rate * devices * hours
         basis = "owned: electricity" + (f" + ${rate}/device-hour" if rate else "")
     else:
         rate = usd_per_hour if usd_per_hour is not None else device.usd_per_hour(cost.pricing)
-        usd = rate * cost.num_devices * hours
+        usd = rate * devices * hours
         basis = f"{cost.pricing}: ${rate}/device-hour" + (" (cost.usd_per_hour)" if usd_per_hour is not None else "")
     return {"hours": hours, "step_hours": step_hours,
             "tokens_per_second": work.tokens / (step_hours * 3600) if step_hours else 0.0,
             "usd": usd, "usd_per_hour": usd / hours if hours else None, "usd_basis": basis,
-            "kwh": kwh, "co2_kg": kwh * cost.grid_gco2_per_kwh / 1000, "peak_flops": peak / cost.num_devices,
+            "kwh": kwh, "co2_kg": kwh * cost.grid_gco2_per_kwh / 1000, "peak_flops": peak / devices,
             "flops": work.flops,
             "executed_flops": work.flops * work.recompute + work.eval_flops + work.optimizer_flops,
             "eval_flops": work.eval_flops, "recompute_factor": work.recompute}

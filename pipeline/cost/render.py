@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.units import fmt, num
+from pipeline.cost import forecast_render
+from pipeline.cost.cpuinfo import under_load
 from pipeline.cost.planner import describe
 from pipeline.engine.plan import Plan
 from pipeline.cost.report import CostReport
@@ -31,7 +33,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
         "",
         status,
         "",
-        f"- Device: {r['device_description']} x {r['num_devices']}",
+        f"- Device: {r['device_description']} {_times(r)}",
         f"- Model: {r['parameters']:,} parameters, {r['flops_per_token']:.3g} training FLOPs per token "
         "(6N + attention, as nanoGPT counts)",
         f"- Tokens: {r['tokens']:,} in {r['steps']:,} steps of {r['tokens_per_step']:,} "
@@ -46,6 +48,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
         f"- MFU: {r['mfu']:.1%} ({r['mfu_source']})",
         f"- Time: {fmt(r['hours'], 'h')} ({fmt(r['step_hours'], 'h')} of optimizer steps at "
         f"{r['tokens_per_second']:,.0f} tokens/s, the rest validation) at {r['peak_flops'] / 1e12:.3g} TFLOP/s peak",
+        *_under_load(r["detected"]),
         f"- Money: {fmt(r['usd'], '$')} ({r['usd_basis']})",
         f"- Energy: {fmt(r['kwh'], 'kWh')}, {fmt(r['co2_kg'], 'kg CO2')}",
         f"- Budget: {budget}",
@@ -70,6 +73,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
                      f"{describe(row['plan'])} | {fmt(row['peak_memory_bytes'], 'GiB')} | "
                      f"{fmt(row['hours'], 'h')} | {fmt(row['usd'], '$')} ({row['pricing']}) | {num(row['kwh'])} |")
     lines += _spot_lines(r["spot"], r["pricing"]) if r["spot"] else []
+    lines += forecast_render.markdown(r["forecast"]) if r.get("forecast") else []
     lines += ["", "## Sources", ""] + [f"- {k}: {v}" for k, v in r["sources"].items()]
     if r["detected"]:
         lines += ["", "## This machine, as detected", ""] + [f"- {k}: {v}" for k, v in r["detected"].items()]
@@ -78,7 +82,7 @@ def render_markdown(report: CostReport, what_if: list[dict[str, Any]], refusal: 
 
 def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
     r = report.as_dict()
-    head = (f"estimate: {r['device']} x {r['num_devices']}: {r['tokens']:,} tokens, {r['flops']:.3g} FLOPs, "
+    head = (f"estimate: {r['device']} {_times(r)}: {r['tokens']:,} tokens, {r['flops']:.3g} FLOPs, "
             f"{describe(Plan(**r['plan']))}, peak {fmt(r['peak_memory_bytes'], 'GiB')} of "
             f"{fmt(r['memory_usable_bytes'], 'GiB')} ({'fits' if r['fits'] else 'DOES NOT FIT'}); "
             f"{fmt(r['hours'], 'h')}, {fmt(r['usd'], '$')}, {fmt(r['kwh'], 'kWh')} at MFU {r['mfu']:.1%}")
@@ -90,6 +94,8 @@ def render_terminal(report: CostReport, what_if: list[dict[str, Any]]) -> str:
         head += (f"\n  on-demand {fmt(spot['usd_on_demand'], '$')}, spot {fmt(spot['usd_spot'], '$')}, spot with its "
                  f"expected reclaims {fmt(spot['usd_spot_with_reclaims'], '$')}; checkpoint_every "
                  f"{spot['checkpoint_every_recommended']:,} recommended (cost.md)")
+    if r.get("forecast"):
+        head += "\n  " + forecast_render.terminal(r["forecast"])
     return head + "\n" + "\n".join(rows)
 
 
@@ -119,3 +125,23 @@ def _spot_lines(spot: dict[str, Any], pricing: str) -> list[str]:
         f"sqrt(2 x {spot['checkpoint_seconds']:.3g} s x {spot['mean_hours_between_reclaims']:,.0f} h) = "
         f"{fmt(spot['young_daly_hours'], 'h')} (J. W. Young, CACM 1974; J. T. Daly, FGCS 2006); {advice(spot)}",
     ] + [f"- {k}: {v}" for k, v in spot["sources"].items()]
+
+
+def _times(r: dict[str, Any]) -> str:
+    """x N devices; on a CPU, N processes that share its cores, priced as the one CPU they are."""
+    n = r["num_devices"]
+    if r["plan"]["device_kind"] != "cpu" or n == 1:
+        return f"x {n}"
+    cores = (r["detected"] or {}).get("cores")
+    crowded = (f"; {n} processes on {cores} cores crowd each other: set cost.num_devices to at most {cores}"
+               if cores and n > cores else "")
+    return f"x 1 (cost.num_devices: {n} processes share this CPU's cores and memory, priced as one CPU{crowded})"
+
+
+def _under_load(detected: dict[str, Any] | None) -> list[str]:
+    """A peak timed on a busy machine is low, and the hours priced from it high: said beside them."""
+    if not detected or not under_load(detected["load_average"], detected["cores"]):
+        return []
+    return [f"- Peak measured under load: the load average was {detected['load_average']:g} on "
+            f"{detected['cores']} cores when it was timed ({detected['measured_at']}), so it may be low and the "
+            f"time high; it is measured again once this machine is quieter, or now by `{detected['remeasure']}`"]

@@ -55,4 +55,7 @@ class CostReport(Record):
     # budget guard projects with under spot pricing, and the recommended train.checkpoint_every
     # (pipeline/cost/spot.py); None where the device has no spot price
     spot: dict[str, Any] | None = None
+    # cost.forecast: the fitted law, the forecast val loss with its interval, the alternatives, the
+    # pilots and their cost (pipeline/cost/forecast.py); None without it
+    forecast: dict[str, Any] | None = None
     provenance: dict[str, Any]

@@ -38,7 +38,7 @@ def side_by_side(params: Params, device: Device, figures: dict[str, Any], steps:
                  learned: Learned | None) -> dict[str, Any] | None:
     """The run at on-demand and spot prices and at spot with its expected reclaims, and the
     checkpoint interval Young/Daly recommends; None where the device has no spot price."""
-    spot_usd_per_hour, devices = device.usd_per_hour("spot"), params.cost.num_devices
+    spot_usd_per_hour, devices = device.usd_per_hour("spot"), device.priced(params.cost.num_devices)
     if spot_usd_per_hour is None or device.spot_reclaims_per_month is None or not steps:
         return None
     hours, remote = figures["hours"], params.paths.checkpoints_remote is not None

@@ -451,10 +451,14 @@ def _parquet_texts(path: Path, field: str) -> Iterator[str]:
     except (pa.ArrowException, OSError) as exc:
         raise PipelineError(f"{path} is not a readable parquet file ({exc}): remove it or fix "
                             "paths.corpus") from None
-    column = parquet.schema_arrow.field(field) if field in parquet.schema_arrow.names else None
-    if column is None or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise PipelineError(f"{path} has no string column {field!r} (columns: "
-                            f"{', '.join(parquet.schema_arrow.names)}): set data.text_field")
+    schema = parquet.schema_arrow
+    if field not in schema.names:
+        raise PipelineError(f"{path} has no column {field!r} (columns: {', '.join(schema.names)}): "
+                            "set data.text_field to the column that holds the text")
+    kind = schema.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise PipelineError(f"{path}: column {field!r} (data.text_field) holds {kind}, not text: set "
+                            "data.text_field to a string column, or write the text as strings")
     try:
         for batch in parquet.iter_batches(batch_size=1024, columns=[field]):
             yield from (text for text in batch.column(0).to_pylist() if text is not None)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -71,18 +72,41 @@ class TokenWriter:
             return
         if arr.min() < 0 or arr.max() > self._limit:
             raise ValueError(f"token id out of range for {self.dtype}: {arr.min()}..{arr.max()}")
-        self._fh.write(arr.astype(self.dtype, copy=False).tobytes())
+        with self._named_errors():
+            self._fh.write(arr.astype(self.dtype, copy=False).tobytes())
         self.count += arr.size
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._abandon(exc)
+            return
         try:
-            if exc_type is None:
+            with self._named_errors():
                 self._fh.seek(0)
                 self._fh.write(_HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self.count))
-                self._fh.flush()
+                self._fh.close()
+        except OSError as error:   # a close that failed (a full disk) leaves no file that looks whole
+            self._abandon(error)
+            raise
+        self._staging.__exit__(None, None, None)
+
+    def _abandon(self, exc: BaseException) -> None:
+        try:
             self._fh.close()
-        finally:
-            self._staging.__exit__(exc_type, exc, tb)
+        except OSError:   # the buffered bytes a full disk refused, again
+            pass
+        self._staging.__exit__(type(exc), exc, exc.__traceback__)
+
+    @contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        """A buffered write's OSError (a full disk) names no file: name this one, so the CLI can
+        say which output and which params key."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self._tmp)) from exc
 
 
 def write_tokens(path: str | Path, ids: np.ndarray, dtype: np.dtype | type | None = None) -> None:

@@ -61,12 +61,16 @@ def check_runs_here(plan: Plan, plan_path: Path | str, device_kind: str, params:
                "or train.device: cpu")
         raise PipelineError(f"{plan_path} plans for cost.hardware {plan.device} (a {plan.device_kind} device) but "
                             f"this run is on {device_kind} (train.device {params.train.device}): {fix}")
-    if plan.precision == "bf16" and device_kind == "cuda":
+    if device_kind == "cuda":
         import torch
 
-        if torch.cuda.get_device_capability()[0] < 8:
+        below_ampere = torch.cuda.get_device_capability()[0] < 8
+        if plan.precision == "bf16" and below_ampere:
             raise PipelineError(f"{plan_path} plans bf16 but {torch.cuda.get_device_name()} has no native bf16 "
                                 "(only slow emulation): set cost.hardware to this GPU and rerun estimate")
+        if params.train.compile and below_ampere:  # Triton >= 3.3 generates no code below 8.0
+            raise PipelineError(f"train.compile: true but {torch.cuda.get_device_name()} is below compute "
+                                "capability 8.0, which torch.compile's Triton kernels need: set train.compile: false")
     laid_out = plan.micro_batch_size * plan.grad_accum_steps * plan.devices * params.model.context
     if plan.tokens_per_step != params.train.tokens_per_step or laid_out != plan.tokens_per_step:
         raise PipelineError(f"{plan_path} lays out {plan.micro_batch_size} x {plan.grad_accum_steps} sequences on "

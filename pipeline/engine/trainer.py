@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
+from transformers.utils import CONFIG_NAME
 
 from pipeline.core.atomic import staging_dir
 from pipeline.core.params import Params
@@ -225,7 +226,7 @@ class Trainer:
         report = self._report(reason, final_weights=final, kwh=kwh if math.isfinite(kwh) else None)  # every GPU's, or none
         if self.acc.is_main_process:
             raw = self.training.raw
-            with staging_dir(self.out["model"]) as stage:
+            with staging_dir(self.out["model"], marker=CONFIG_NAME) as stage:   # what from_pretrained reads first
                 raw.config.use_cache = True  # for generate(): training never used the KV cache
                 raw.save_pretrained(stage, safe_serialization=True)
                 self.tokenizer.save_pretrained(stage)

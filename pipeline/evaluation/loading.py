@@ -5,6 +5,7 @@ files they are scored on, and described.
     check_tokenizer(tok, model_dir, params.paths.tokenizer, manifest)   # same ids as the token files
     net = load_model(model_dir, device)                                # nothing missing, nothing random
     check_fits(net, params, manifest, model_dir)
+    check_shape(net, params, model_dir)                                # the model params.model describes
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pipeline.core import provenance
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.data.tokens import TOKENIZER_FILE
-from pipeline.model.build import count_parameters
+from pipeline.model.build import count_parameters, model_config
 
 # Tokenizer parts that decide which ids a text becomes; post_processor is left out because
 # save_pretrained adds an empty template one, and the token files never used it.
@@ -37,7 +38,7 @@ def load_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except Exception as exc:  # transformers raises OSError, ValueError, json errors... for one cause
-        raise PipelineError(f"no usable tokenizer in {model_dir} ({_first_line(exc)}): save the tokenizer "
+        raise PipelineError(f"no usable tokenizer in {model_dir} ({first_line(exc)}): save the tokenizer "
                             "with the model (tokenizer.save_pretrained into the same directory)") from None
 
 
@@ -87,7 +88,7 @@ def load_model(model_dir: Path, device: torch.device) -> PreTrainedModel:
         net, info = AutoModelForCausalLM.from_pretrained(
             model_dir, local_files_only=True, dtype=torch.float32, output_loading_info=True)
     except Exception as exc:  # missing config, truncated safetensors, unknown architecture...
-        raise PipelineError(f"the model in {model_dir} cannot be loaded ({_first_line(exc)}): it is "
+        raise PipelineError(f"the model in {model_dir} cannot be loaded ({first_line(exc)}): it is "
                             "incomplete or corrupt; rerun the train stage or restore the directory") from None
     # from_pretrained fills absent tensors with random values and only warns: refuse that.
     absent = sorted(set(info["missing_keys"]) | {str(k) for k in info["mismatched_keys"]})
@@ -109,6 +110,23 @@ def check_fits(net: PreTrainedModel, params: Params, manifest: dict[str, Any], m
     if net.config.vocab_size < manifest["vocab_size"]:
         raise PipelineError(f"the model in {model_dir} has {net.config.vocab_size} embeddings but the token "
                             f"files use a vocabulary of {manifest['vocab_size']}: it was trained on other data")
+
+
+# The params.model key each shape key is set from (pipeline/model/architectures/). Not model.context:
+# it is also the window scored, which may be shorter than the model's positions (check_fits).
+_SHAPE_PARAMS = {"model_type": "architecture", "num_hidden_layers": "n_layer", "hidden_size": "n_embd",
+                 "num_attention_heads": "n_head"}
+
+
+def check_shape(net: PreTrainedModel, params: Params, model_dir: Path) -> None:
+    """The model must be the one params.model describes: eval.json records both, and a model
+    trained with other params (stages run by hand, out of order) would be reported as this one."""
+    expected = model_config(params.model, net.config.vocab_size, net.config.eos_token_id)
+    differ = [f"model.{key} gives {name} {getattr(expected, name)!r}, the model has {getattr(net.config, name)!r}"
+              for name, key in _SHAPE_PARAMS.items() if getattr(expected, name) != getattr(net.config, name)]
+    if differ:
+        raise PipelineError(f"the model in {model_dir} is not the one params.model describes ({'; '.join(differ)}): "
+                            "rerun the train stage with these params, or set model.* to the model's")
 
 
 def positions(net: PreTrainedModel) -> int:
@@ -143,6 +161,6 @@ def _require_dir(path: Path) -> None:
                             "to a directory written by save_pretrained")
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

@@ -60,7 +60,7 @@ def _read_tsv(path: Path) -> list[tuple[int, float]]:
 
 
 def write_all(plots_dir: Path, live: dict[str, Any], checkpoints: dict[str, dict[str, Any]],
-              eva: dict[str, Any], unigram_loss: float) -> None:
+              eva: dict[str, Any], unigram_loss: float, forecast: dict[str, Any] | None = None) -> None:
     with staging_dir(plots_dir) as out:
         for split, name in (("train", LOSS_TRAIN_CSV), ("val", LOSS_VAL_CSV)):
             _write_csv(out / name, _LOSS_FIELDS, live[split])
@@ -70,7 +70,7 @@ def write_all(plots_dir: Path, live: dict[str, Any], checkpoints: dict[str, dict
         _write_csv(out / ESTIMATE_CSV, _EVA_FIELDS,
                    [(n, q["estimate"], q["actual"], q["error_pct"]) for n, q in quantities
                     if q["error_pct"] is not None])
-        _loss_png(out / LOSS_PNG, live, checkpoints, unigram_loss)
+        _loss_png(out / LOSS_PNG, live, checkpoints, unigram_loss, forecast)
         _checkpoints_png(out / CHECKPOINTS_PNG, checkpoints)
         _estimate_png(out / ESTIMATE_PNG, eva)
 
@@ -107,7 +107,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _loss_png(path: Path, live: dict[str, Any], checkpoints: dict[str, dict[str, Any]],
-              unigram_loss: float) -> None:
+              unigram_loss: float, forecast: dict[str, Any] | None = None) -> None:
     fig, ax = _figure("Loss against tokens seen")
     if not live["train"] and not live["val"] and not checkpoints:
         _empty(ax, live["note"] or "no data")
@@ -122,6 +122,11 @@ def _loss_png(path: Path, live: dict[str, Any], checkpoints: dict[str, dict[str,
     if points:
         x, y = zip(*points)
         ax.plot(x, y, "D", ms=7, color="black", label="val loss, whole split (evaluate)")
+    if forecast:   # cost.forecast: a run ending at each validation, and its 90% interval
+        rows = forecast["validations"]
+        x = [r["tokens"] for r in rows]
+        ax.fill_between(x, [r["low"] for r in rows], [r["high"] for r in rows], color="tab:green", alpha=0.15)
+        ax.plot(x, [r["loss"] for r in rows], "--", color="tab:green", label="forecast (estimate), 90% interval")
     ax.axhline(unigram_loss, ls="--", color="gray", label=f"unigram baseline ({unigram_loss:.2f})")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.legend()

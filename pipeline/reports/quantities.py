@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.reports import forecast_check
+
 
 # quantity -> (unit shown to people, label, +1 when more is worse / -1 when less is worse)
 QUANTITIES = {
@@ -132,8 +134,9 @@ def summary_markdown(result: dict[str, Any], manifest: dict[str, Any], train: di
                f"val tokens ({_int(manifest.get('val_bytes'))} bytes, "
                f"{_num(manifest.get('bytes_per_token'))} bytes/token).")
     out.append(f"- **Training**: {_training_line(train, files['train'])}")
-    out += ["", *_quality(result), "", *_checkpoints(result), "", *_samples(samples, files["samples"]), "",
+    out += ["", *_quality(result), "", *_beyond(result), "", *_checkpoints(result), "", *_samples(samples, files["samples"]), "",
             *_cost(result["estimate_vs_actual"]), "", *_files(model_dir, ckpt_dir, files), ""]
+    out += [*forecast_check.markdown(result.get("forecast_vs_actual")), ""] if result.get("forecast_vs_actual") else []
     return "\n".join(out)
 
 
@@ -167,6 +170,34 @@ def _quality(result: dict[str, Any]) -> list[str]:
         "Bits per byte compare across tokenizers; loss and "
         f"perplexity only within one. Windows of {result['window']} tokens, non-overlapping.",
     ]
+
+
+def _beyond(result: dict[str, Any]) -> list[str]:
+    """Reference texts and lm-eval tasks (evaluate.reference_texts, evaluate.tasks)."""
+    out = ["## Beyond the val split", ""]
+    texts, tasks = result.get("reference_texts") or {}, result.get("tasks") or {}
+    if not texts and not tasks:
+        return out + ["No reference texts or tasks: set `evaluate.reference_texts` and `evaluate.tasks` "
+                      "(eval/README.md) to score the model on text and tasks others report."]
+    if texts:
+        out += ["| reference text | bytes | tokens | bits per byte |", "| --- | ---: | ---: | ---: |"]
+        out += [f"| {name} (`{t['file']}`) | {t['bytes']:,} | {t['tokens']:,} | {t['bits_per_byte']:.4f} |"
+                for name, t in texts.items()]
+        out += ["", f"Each text scored whole, as the val split: windows of {result['window']} tokens, stride "
+                    f"{result['window']}. Bits per byte compare with other models on the same text.", ""]
+    if tasks:
+        out += ["| task | metric | score | ± stderr | n | chance | against chance |",
+                "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        for name, task in tasks.items():
+            chance = "n/a" if task["chance"] is None else f"{task['chance']:.1%}"
+            for metric, m in task["metrics"].items():
+                stderr = "n/a" if m["stderr"] is None else f"{m['stderr']:.1%}"
+                out.append(f"| {name} | {metric} | {m['value']:.1%} | {stderr} | {task['n']:,} | {chance} | "
+                           f"{m['vs_chance']} |")
+        out += ["", "lm-evaluation-harness, each task's own prompt and few-shot count, on the data in "
+                    "`evaluate.tasks`. Against chance: 1.96 standard errors of a uniform guess or more from "
+                    "it; a ~124M model sits near chance on 4-way tasks (README: beyond the val split)."]
+    return out if out[-1] else out[:-1]
 
 
 def _checkpoints(result: dict[str, Any]) -> list[str]:

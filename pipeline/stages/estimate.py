@@ -2,11 +2,10 @@
 
     python -m pipeline estimate [--set cost.hardware=rtx2050-laptop-4gb] [--set cost.calibrate=true]
 
-Reads the token manifest (checked against the tokenizer). Writes the plan (pipeline/engine/plan.py,
-read by train), the cost report (pipeline/cost/report.py) and a Markdown report for people with a
-what-if table over the catalog. Over budget, or when no plan fits in memory, it raises
-BudgetExceeded (exit 3): then only the Markdown report is written, saying why, and a plan or cost
-report left by an earlier run is removed so no later stage can run on it.
+Reads the token manifest (checked against the tokenizer); writes the plan (read by train), the cost
+report and a Markdown report: a what-if table over the catalog and, under cost.forecast, the loss
+forecast (pipeline/cost/forecast.py). Over budget, or with no plan that fits memory, BudgetExceeded
+(exit 3): only the Markdown report is written, saying why; an earlier plan or cost report goes.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from pipeline.core import provenance
 from pipeline.core.atomic import write_text
 from pipeline.core.errors import BudgetExceeded, PipelineError
 from pipeline.core.params import Params
-from pipeline.cost import budget, hardware, pricing
+from pipeline.cost import budget, forecast, hardware, pricing
 from pipeline.cost.hardware import Device
 from pipeline.cost.planner import Fit, fit_error, plan_for
 from pipeline.cost.render import render_markdown, render_terminal
@@ -43,6 +42,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
     steps = work.tokens // fit.plan.tokens_per_step
     spot = side_by_side(params, device, figures, steps, vocab, pricing.recalled(params, fit.plan, manifest))
     held = gated(figures, spot, params.cost.pricing)   # under spot pricing, with the expected reclaims
+    predicted, held = forecast.when_asked(params, manifest, Path(tokens), device, fit, mfu, whole_steps, held)  # + pilots
     over = budget.over_budget(params.cost, held)
     what_if = [pricing.what_if_row(params, d, manifest, k, planned=(fit.plan, mfu, whole_steps) if d.name == device.name else None)
                for k in pricing.WHAT_IF_SCALES for d in devices.values()]
@@ -55,7 +55,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
         tokens=work.tokens, steps=steps, tokens_per_step=fit.plan.tokens_per_step, train_tokens_available=manifest.train_tokens,
         epochs=work.tokens / manifest.train_tokens if manifest.train_tokens else None,
         parameters=compute.parameter_count(params.model, vocab), flops_per_token=work.flops_per_token,
-        **figures, mfu=mfu, mfu_source=mfu_source, spot=spot,
+        **figures, mfu=mfu, mfu_source=mfu_source, spot=spot, forecast=predicted.report if predicted else None,
         peak_memory_bytes=fit.memory.total, memory_usable_bytes=fit.usable_bytes, memory=fit.memory.as_dict(),
         plan=fit.plan.as_dict(), sources=device.sources, detected=getattr(device, "detected", None),
         provenance=provenance.record(declared_params("estimate", params)),

@@ -35,7 +35,8 @@ def run(params: Params, *, clean: Path, tokenizer: Path, tokens: Path) -> TokenM
 
     tokenizer, sample = bpe.train(source, params.tokenizer)
     bpe_seconds, bpe_rss_mb = time.perf_counter() - started, _peak_rss_mb()
-    with staging_dir(tokenizer_dir) as tok_stage, staging_dir(tokens_dir) as tokens_stage:
+    with (staging_dir(tokenizer_dir, marker=TOKENIZER_FILE) as tok_stage,
+          staging_dir(tokens_dir, marker=MANIFEST_FILE) as tokens_stage):
         bpe.save(tokenizer, tok_stage)
         # text that happens to spell "<|endoftext|>" is text, not a document boundary
         tokenizer.encode_special_tokens = True

@@ -3,7 +3,9 @@
     python -m pipeline doctor [--params FILE ...] [--set KEY=VALUE ...]
 
 Run it on the machine that will train. It reports the CPU (the detected `cpu` catalog entry),
-every CUDA device torch sees (memory, native bf16, driver, NVML's energy counter), the free disk
+every CUDA device torch sees (memory, native bf16, driver, NVML's energy counter), the NVIDIA
+driver nvidia-smi reports against what the torch build needs (pipeline/tools/cudabuilds.py: a
+driver too old is why torch sees no GPU, and is said so), the free disk
 under paths.checkpoints against what the kept checkpoints will need, and whether cost.hardware
 describes this machine. Every problem is listed at once; the exit status is 2 when the run would
 fail here, 0 otherwise (warnings allowed).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -146,11 +149,12 @@ def run(params: Params, *, find_cuda: Callable[[], list[CudaDevice]] = cuda_devi
     report = Report()
     gpus = find_cuda()
     _software(report)
+    driver_too_old = _driver(report)
     _cpu(report, params)
     _gpus(report, params, gpus)
     vocab = vocab_size(params, report)
     _disk(report, params, vocab)
-    _target(report, params, gpus, vocab)
+    _target(report, params, gpus, vocab, driver_too_old)
     return report
 
 
@@ -173,9 +177,39 @@ def _software(report: Report) -> None:
 
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
     report.add("software", f"Python {platform.python_version()}, torch {torch.__version__} ({build})")
-    if not torch.version.cuda and Path("/dev/nvidiactl").exists():
+    if not torch.version.cuda and Path("/dev/nvidiactl").exists() and not shutil.which("nvidia-smi"):
         report.warnings.append(f"an NVIDIA driver is present but torch {torch.__version__} is a CPU-only build: "
                                f"install a CUDA build of torch ({TORCH_INSTALL})")
+
+
+def _driver(report: Report) -> bool:
+    """The driver nvidia-smi reports (NVML's where there is no nvidia-smi) against the CUDA version
+    of the installed torch, or, for a CPU-only torch, of the CUDA build the lock installs on a GPU
+    host. True when it is too old: then that, not the device settings, is why torch sees no GPU."""
+    import torch
+
+    from pipeline.tools import cudabuilds
+
+    found = cudabuilds.nvidia_smi()
+    if not found:
+        nvml = nvml_driver_version()
+        found = [("read by NVML", nvml)] if nvml else None
+    if not found:
+        return False
+    gpu, driver = found[0]
+    if torch.version.cuda:
+        version, cuda, build = torch.__version__.split("+")[0], torch.version.cuda, "this torch build"
+    else:
+        version = cudabuilds.pinned_torch()
+        cuda, build = cudabuilds.cuda_of(version, "pypi"), "the CUDA build requirements.lock installs on a GPU host"
+    report.add("driver", f"NVIDIA driver {driver} ({gpu}); {build} is for CUDA {cuda}")
+    problem = cudabuilds.driver_problem(gpu, driver, version, cuda)
+    if problem:
+        report.problems.append(problem)
+    if not torch.version.cuda:
+        report.warnings.append(f"an NVIDIA driver is present but torch {torch.__version__} is a CPU-only build: "
+                               f"install a CUDA build of torch ({TORCH_INSTALL})")
+    return problem is not None
 
 
 def _cpu(report: Report, params: Params) -> None:
@@ -268,7 +302,7 @@ def _nearest_existing(path: Path) -> Path:
 
 # ---- does cost.hardware describe this machine? --------------------------------------------------------
 
-def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) -> None:
+def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int, driver_too_old: bool) -> None:
     from pipeline.cost import hardware
     from pipeline.engine.plan import resolve_device
 
@@ -282,11 +316,12 @@ def _target(report: Report, params: Params, gpus: list[CudaDevice], vocab: int) 
     try:
         here = resolve_device(params.train.device)
     except PipelineError as exc:
-        report.problems.append(str(exc))
+        if not driver_too_old:  # else the driver is why torch sees no GPU, and said so
+            report.problems.append(str(exc))
         here = None
     if here:
         report.add("run", f"train.device {params.train.device} resolves to {here} here")
-    if here and here != target.kind:
+    if here and here != target.kind and not (driver_too_old and target.kind == "cuda"):
         report.problems.append(_kind_mismatch(params, target, here, gpus))
     fit = _plan_fits(report, params, target, vocab)
     if fit and target.kind == "cuda" and here == "cuda":
@@ -357,6 +392,10 @@ def _one_gpu_matches(report: Report, params: Params, target: Any, gpu: CudaDevic
         report.warnings.append(f"cuda:{gpu.index}: the plan needs {need / GIB:.2f} GiB but only "
                                f"{gpu.free_bytes / GIB:.2f} GiB is free now: other processes hold the rest "
                                "(nvidia-smi lists them)")
+    if params.train.compile and gpu.capability[0] < 8:
+        report.problems.append(f"train.compile: true but cuda:{gpu.index} {gpu.name} is compute capability "
+                               f"{gpu.capability[0]}.{gpu.capability[1]}; torch.compile's Triton kernels need 8.0 "
+                               "or newer: set train.compile: false")
     if fit.plan.precision == "bf16" and not gpu.bf16_native:
         report.problems.append(f"the plan trains in bf16 but cuda:{gpu.index} {gpu.name} (compute capability "
                                f"{gpu.capability[0]}.{gpu.capability[1]}) has no native bf16: set cost.hardware to "

@@ -1,7 +1,7 @@
-"""The GPU check: one command on a freshly rented GPU VM, before a paid run, in under 8 minutes.
+"""The GPU check: one command on a freshly rented GPU VM, before a paid run, in under 10 minutes.
 
     make gpu-check                      # python -m pipeline.tools.gpucheck --device cuda
-    make gpu-check DEVICE=cpu           # the same code, demo model only, on CPU (CI, well under a minute)
+    make gpu-check DEVICE=cpu           # the same code, demo model only, on CPU (CI, about 3 minutes on 2 cores)
     python -m pipeline gpu-check [--params FILE ...] [--set KEY=VALUE ...] [--device cuda|cpu]
 
 It trains a few real steps (pipeline.engine.training: the train stage's own model, optimizer, LR
@@ -11,7 +11,11 @@ where the device has it natively, and fp32, with activation checkpointing off an
 predicted against measured peak memory (compute.training_memory, as the planner uses it) and step
 time, fp16 overflow steps, NVML energy per step and the SDPA kernel that ran. Then it trains the
 4 GB (rtx2050-laptop-4gb) and 16 GB (t4-16gb) plans for 20 steps each under a
-torch.cuda.set_per_process_memory_fraction cap of that device's memory. It writes
+torch.cuda.set_per_process_memory_fraction cap of that device's memory. Then what a first paid run
+would meet: the NVIDIA driver against the torch build (pipeline/tools/cudabuilds.py), whether
+torch.compile runs on this GPU and the planner refuses it where it does not, the SDPA kernel each
+configuration ran (the math kernel breaks the memory plan), and the fp16 headroom of the demo model
+after training on the bundled corpus (pipeline/tools/fp16probe.py). It writes
 reports/gpu-check.md and reports/gpu-check.json and exits 2 when something would fail a run.
 
 `python -m pipeline.tools.gpucheck` runs where only torch and transformers were installed: it first
@@ -46,7 +50,8 @@ UNPINNED = {"torch", "transformers"}   # the ones the VM brings, whichever recen
 TORCH_INSTALL = "https://pytorch.org/get-started/locally/"
 
 from pipeline.core.units import GIB  # noqa: E402
-TIME_LIMIT_S = 420.0          # stop starting new configurations after 7 minutes: done within 8
+TIME_LIMIT_S = 420.0          # stop starting new configurations after 7 minutes: done within 8, the
+                              # fp16 probe's training (120 demo steps, seconds on a GPU) within 10
 WARMUP_STEPS, TIMED_STEPS = 2, 3
 CPU_WARMUP_STEPS, CPU_TIMED_STEPS = 1, 2
 TIMED_SECONDS = 20.0          # fewer timed steps where one step is this slow (fp32 on a small GPU)
@@ -57,6 +62,10 @@ ACCUM = 2                     # micro-batches per optimizer step: gradients stay
 MICRO_TOKENS = {"cuda": 8192, "cpu": 1024}   # micro-batch cap: memory and speed, not a full step
 PLAN_DEVICES = ("rtx2050-laptop-4gb", "t4-16gb")
 PLAN_STEPS = 20
+# the fp16 probe's model: the demo recipe trained on the bundled corpus, all 120 steps in fp16 on a GPU
+# (seconds); on a CPU 20 steps of 1,024 tokens in fp32 (about half a minute on 2 cores)
+HEADROOM_STEPS = {"cuda": 120, "cpu": 20}
+HEADROOM_SETTINGS = {"cuda": [], "cpu": ["train.tokens_per_step=1024"]}
 SDPA_OPS = {                  # aten ops of torch.nn.functional.scaled_dot_product_attention's backends
     "_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
     "_scaled_dot_product_flash_attention": "flash",
@@ -630,21 +639,78 @@ def run(params: Params, *, device: str, time_limit_s: float = TIME_LIMIT_S) -> d
         proof = PlanProof(name, status="skipped", note="time limit reached") if over_time() else \
             prove_plan(name, params, machine)
         plans.append(proof)
+    headroom = None if over_time() else fp16_headroom(machine.kind)
     result = {"format": 1, "device": machine.kind, "machine": machine.facts, "name": machine.name,
               "catalog_entry": machine.catalog_entry, "prediction_source": machine.prediction_source,
               "outside_allocator_bytes": machine.outside_allocator_bytes,
               "runtime_allowance_bytes": machine.device.runtime_overhead_bytes,
               "memory_headroom": params.cost.memory_headroom, "sdpa": sdpa_settings(machine.kind),
               "configs": [asdict(c) for c in configs], "plans": [asdict(p) for p in plans],
+              "preflight": preflight_checks(params, machine), "fp16_headroom": headroom,
               "elapsed_s": round(time.monotonic() - started, 1), "time_limit_s": time_limit_s}
     result["problems"], result["warnings"] = judge(result)
     return result
 
 
+# ---- what a first paid run meets: the driver, torch.compile, fp16 headroom -------------------------------
+
+def preflight_checks(params: Params, machine: Machine) -> dict[str, Any]:
+    """The driver against the torch build, and torch.compile here against the planner's rule."""
+    from pipeline.tools import cudabuilds
+
+    found = cudabuilds.nvidia_smi()
+    checks = {"driver": found[0][1] if found else None, "driver_problem": cudabuilds.preflight(),
+              "compile": None}
+    if machine.kind == "cuda":
+        checks["compile"] = _compile_here(params, machine)
+    return checks
+
+
+def _compile_here(params: Params, machine: Machine) -> dict[str, Any]:
+    """Whether torch.compile builds a kernel on this GPU, and whether the planner allows it here."""
+    import torch
+
+    from pipeline.cost.planner import check_compile
+
+    try:
+        check_compile(params.model_copy(update={"train": params.train.model_copy(update={"compile": True})}),
+                      machine.device)
+        allowed, why = True, ""
+    except PipelineError as exc:
+        allowed, why = False, str(exc)
+    torch._dynamo.reset()
+    try:
+        torch.compile(lambda x: torch.nn.functional.silu(x) * 2)(torch.ones(64, device="cuda"))
+        torch.cuda.synchronize()
+        runs, note = True, ""
+    except Exception as exc:  # Triton refusing this GPU is the result being checked
+        runs, note = False, f"{type(exc).__name__}: {_first_line(exc)}"
+    return {"planner_allows": allowed, "planner_says": why, "runs": runs, "note": note}
+
+
+def fp16_headroom(kind: str) -> dict[str, Any]:
+    """The demo model trained on the bundled corpus (tokenized here, in a temporary directory),
+    then probed for fp16 headroom: the report's table and its verdict."""
+    import tempfile
+
+    from pipeline.core import params as params_module
+    from pipeline.registry import run_stage
+    from pipeline.tools import demo_corpus, fp16probe
+
+    with tempfile.TemporaryDirectory(prefix="budgetgpt-fp16-probe-") as tmp:
+        paths = [f"paths.{key}={Path(tmp) / key}" for key in ("corpus", "tokenizer", "tokens", "reports")]
+        params = params_module.load([ROOT / "params.yaml", DEMO_OVERLAY], paths + HEADROOM_SETTINGS[kind])
+        demo_corpus.write(params.paths.corpus, demo_corpus.generate())
+        run_stage("tokenize", params)
+        headroom = fp16probe.after_training(params, HEADROOM_STEPS[kind], device=kind,
+                                            precision="fp16" if kind == "cuda" else "fp32")
+    return {**headroom.as_dict(), "markdown": fp16probe.markdown(headroom)}
+
+
 def judge(result: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Problems: what would break a run. The planner keeps cost.memory_headroom free, so measured
     tensors up to predicted / (1 - headroom) still fit a plan made at the limit; more may not."""
-    problems, notes = [], []
+    problems, notes = _preflight_problems(result)
     slack = 1 / (1 - result["memory_headroom"])
     for c in result["configs"]:
         problems += _config_problems(c, slack)
@@ -666,6 +732,27 @@ def judge(result: dict[str, Any]) -> tuple[list[str], list[str]]:
                      f"(CUDA context, other processes), more than the {allowance / GIB:.2f} GiB runtime allowance "
                      "the planner adds (runtime_overhead_gib in pipeline/cost/hardware.yaml, or "
                      "cost.extra_hardware.<name>.runtime_overhead_gib)")
+    return problems, notes
+
+
+def _preflight_problems(result: dict[str, Any]) -> tuple[list[str], list[str]]:
+    checks, problems, notes = result["preflight"], [], []
+    if checks["driver_problem"]:
+        problems.append(checks["driver_problem"])
+    compiled = checks["compile"]
+    if compiled and compiled["planner_allows"] and not compiled["runs"]:
+        problems.append(f"torch.compile fails on this GPU ({compiled['note']}) but the planner allows "
+                        "train.compile here: a compiled run would fail at its first step")
+    elif compiled and not compiled["planner_allows"] and compiled["runs"]:
+        notes.append("torch.compile ran on this GPU although the planner refuses train.compile for it: "
+                     "the refusal (pipeline/cost/planner.py: check_compile) may be out of date")
+    headroom = result.get("fp16_headroom")
+    if headroom:
+        problems += headroom["problems"]
+    if result["device"] == "cuda":
+        problems += [f"{c['model']} {c['precision']}: SDPA ran the math kernel ({c['sdpa_kernel']}), whose T x T "
+                     "scores the memory plan does not hold" for c in result["configs"]
+                     if c["status"] == "ok" and "math" in (c["sdpa_kernel"] or "")]
     return problems, notes
 
 
@@ -732,6 +819,11 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_gib(p['cap_bytes'])} | {p['precision_run'] or '-'} | {p['steps']} | "
                      f"{_gib(p['tensor_peak_bytes'])} | {_gib(p['reserved_peak_bytes'])} | "
                      f"{_num(p['fp16_skipped_steps'], 'd')} | {p['status']}{': ' + p['note'] if p['note'] else ''} |")
+    lines += ["", "## Before a paid run", ""] + _preflight_lines(result)
+    headroom = result.get("fp16_headroom")
+    if headroom:
+        lines += ["", "## fp16 headroom (pipeline/tools/fp16probe.py)", ""]
+        lines += headroom["markdown"].splitlines()[2:]
     lines += ["", "## Verdict", ""]
     lines += [f"- problem: {p}" for p in result["problems"]] + [f"- note: {w}" for w in result["warnings"]]
     if not result["problems"]:
@@ -756,6 +848,21 @@ def _machine_lines(result: dict[str, Any]) -> list[str]:
             f"- torch {f['torch']}, CUDA {f['cuda_version']}, driver {f['driver_version'] or 'unknown (no pynvml)'}; "
             f"NVML energy counter: {'reads' if f['energy_counter'] else f['energy_note']}",
             f"- catalog entry: {result['catalog_entry'] or 'none'}; matmul peak measured here, TFLOP/s: {peaks}"]
+
+
+def _preflight_lines(result: dict[str, Any]) -> list[str]:
+    checks = result["preflight"]
+    driver = ("no nvidia-smi here" if not checks["driver"] else
+              f"{checks['driver']}: " + ("too old, see the verdict" if checks["driver_problem"] else
+                                         "new enough for this torch build"))
+    lines = [f"- NVIDIA driver (nvidia-smi): {driver}"]
+    compiled = checks["compile"]
+    if compiled:
+        lines.append(f"- torch.compile here: {'runs' if compiled['runs'] else 'fails (' + compiled['note'] + ')'}; "
+                     f"the planner {'allows' if compiled['planner_allows'] else 'refuses'} train.compile here")
+    else:
+        lines.append("- torch.compile: not checked on CPU (the refusal is for GPUs below compute capability 8.0)")
+    return lines
 
 
 def _config_row(c: dict[str, Any]) -> str:

@@ -127,8 +127,8 @@ class CheckpointManager:
         local_step = read_meta(local)["step"] if local else -1
         for step in self.remote.newest_after(local_step):
             if fetched := self.remote.download(step, self.root):
-                print(f"fetched {fetched.name} from {self.remote.url} (newer than this disk's "
-                      f"{local.name if local else 'none'})", file=sys.stderr)
+                why = f"newer than this disk's {local.name}" if local else "this disk has no checkpoint of this run"
+                print(f"fetched {fetched.name} from {self.remote.url} ({why})", file=sys.stderr)
                 return fetched
         return None
 

@@ -174,6 +174,8 @@ class RemoteCheckpoints:
         if self.fs.exists(f"{target}/{SUMS}"):   # a same-step rewrite: incomplete until its marker is back
             self.fs.rm_file(f"{target}/{SUMS}")
         files = sorted(snapshot.iterdir(), key=lambda f: f.name == SUMS)   # the marker last
+        if "file" in _protocols(self.fs):   # a local put_file (file://, an NFS mount) makes no folder
+            self.fs.makedirs(target, exist_ok=True)
         for file in files:
             self.fs.put_file(str(file), f"{target}/{file.name}")
         meta = read_meta(snapshot)

@@ -1,0 +1,145 @@
+"""Loss forecast benchmark: the estimate's forecast (cost.forecast: true) against runs trained to
+the end, on bench/heldout.py's corpora (never used to choose the law's form or its defaults).
+
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/forecast.py [--langs az,tr,de]
+
+Per corpus: its first CORPUS_BYTES, tokenized by the tokenize stage (the demo's tokenizer
+settings, data.val_fraction 0.1); the estimate stage with cost.forecast: true on a small model
+(RUN_SETS over params.yaml + params/demo.yaml: 2 layers x 96, context 64, 600 steps of 512
+tokens), which runs the 9 pilots and writes the forecast and the alternatives table into
+cost.json; then the configured run and the larger-model alternatives of TARGET_ROWS, each trained
+to its end by the pilots' own function (pipeline/cost/pilots.py: run_one: the train stage's
+model, optimizer, schedule, data order and validation subset, train.seed), and each target's
+final validation loss held against its forecast. Every target is >= 8x the largest pilot's model
+FLOPs (checked, printed).
+
+Results: bench/out/forecast/results.jsonl (one line per target; a target already there is not
+trained again) and the table printed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out" / "forecast"
+FILES = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
+CORPUS_BYTES = 600_000
+RUN_SETS = ["model.n_layer=2", "model.n_embd=96", "model.n_head=6", "model.context=64", "train.tokens_per_step=512",
+            "train.max_steps=600", "train.warmup_steps=30", "train.eval_every=100", "train.eval_batches=4",
+            "train.device=cpu", "cost.forecast=true", "data.val_fraction=0.1"]
+TARGET_ROWS = [(144, 1.0)]        # (model width, epochs) rows of the alternatives table, besides the configured run
+MIN_RATIO = 8.0
+
+
+def _heldout():
+    spec = importlib.util.spec_from_file_location("bench_heldout", ROOT / "bench" / "heldout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare(lang: str):
+    from pipeline.core import params as params_module
+    from pipeline.registry import run_stage
+
+    base = OUT / lang
+    params = params_module.load(FILES, [f"paths.corpus={base / 'corpus'}", f"paths.tokenizer={base / 'tokenizer'}",
+                                        f"paths.tokens={base / 'tokens'}", f"paths.reports={base / 'reports'}",
+                                        *RUN_SETS])
+    if not (base / "tokens" / "manifest.json").is_file():
+        text = _heldout().build(lang).read_bytes()
+        cut = text.rfind(b"\n\n", 0, CORPUS_BYTES)
+        (base / "corpus").mkdir(parents=True, exist_ok=True)
+        (base / "corpus" / "text.txt").write_bytes(text[:cut] + b"\n")
+        run_stage("tokenize", params)
+    return params
+
+
+def measure(lang: str) -> list[dict]:
+    from pipeline.cost import pilots
+    from pipeline.data.tokens import TokenManifest
+    from pipeline.model import compute
+    from pipeline.registry import run_stage
+
+    params = prepare(lang)
+    start = time.perf_counter()
+    report = run_stage("estimate", params).as_dict()
+    fc = report["forecast"]
+    estimate_seconds = time.perf_counter() - start
+    manifest = TokenManifest.read(Path(params.paths.tokens) / "manifest.json")
+    largest = max(r["tokens"] * compute.flops_per_token(pilots.pilot_params(params, pilots.Pilot(
+        **{k: r[k] for k in ("n_head", "n_embd", "mlp_width", "tokens", "tokens_per_step", "warmup_steps")})).model,
+        manifest.vocab_size) for r in fc["pilots"]["grid"])
+    rows = [a for a in fc["alternatives"] if a["configured"] or any(
+        a["n_embd"] == w and abs(a["epochs"] - e) < 0.01 for w, e in TARGET_ROWS)]
+    out = []
+    for row in rows:
+        steps = row["tokens"] // params.train.tokens_per_step
+        target = pilots.Pilot(row["n_head"], row["n_embd"], None, tokens=row["tokens"],
+                              tokens_per_step=params.train.tokens_per_step,
+                              warmup_steps=round(params.train.warmup_steps * steps / params.train.max_steps))
+        target_params = pilots.pilot_params(params, target)
+        flops = row["tokens"] * compute.flops_per_token(target_params.model, manifest.vocab_size)
+        t = time.perf_counter()
+        actual = _trained().get((f"heldout-{lang}", row["n_embd"], row["tokens"])) or pilots.run_one(
+            params, manifest, Path(params.paths.tokens), target, device="cpu", precision="fp32",
+            micro_batch_size=8)["val_loss"]
+        result = {"corpus": f"heldout-{lang}", "n_embd": row["n_embd"], "tokens": row["tokens"],
+                  "epochs": row["epochs"], "configured": row["configured"], "compute_x_largest_pilot": flops / largest,
+                  "forecast": row["loss"], "low": row["low"], "high": row["high"], "actual": actual,
+                  "error_pct": 100 * (row["loss"] - actual) / actual, "inside_interval": row["low"] <= actual <= row["high"],
+                  "unique_tokens": manifest.train_tokens, "pilots_seconds": fc["pilots"]["seconds"],
+                  "estimate_seconds": estimate_seconds, "train_seconds": time.perf_counter() - t, "law": fc["law"]}
+        print(json.dumps({k: v for k, v in result.items() if k != "law"}), flush=True)
+        with open(OUT / "results.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(result) + "\n")
+        out.append(result)
+    return out
+
+
+def _trained() -> dict[tuple, float]:
+    """Targets already trained (results.jsonl): a target's loss does not depend on the pilots or the
+    law, so a rerun after a change to either trains none of them again."""
+    path = OUT / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    return {(r["corpus"], r["n_embd"], r["tokens"]): r["actual"] for r in rows}
+
+
+def table(results: list[dict]) -> None:
+    print("| corpus | width | tokens | epochs | compute / largest pilot | forecast (90% interval) | actual | error |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    for r in results:
+        print(f"| {r['corpus']} | {r['n_embd']}{' (configured)' if r['configured'] else ''} | {r['tokens']:,} | "
+              f"{r['epochs']:.2f} | {r['compute_x_largest_pilot']:.1f}x | {r['forecast']:.3f} ({r['low']:.3f}-"
+              f"{r['high']:.3f}) | {r['actual']:.3f} | {r['error_pct']:+.1f}% |")
+    errors = [abs(r["error_pct"]) for r in results]
+    print(f"\n|error|: median {statistics.median(errors):.1f}%, worst {max(errors):.1f}% over {len(errors)} runs "
+          "(targets: median <= 3%, worst <= 6%)")
+
+
+def main() -> None:
+    import os
+
+    import torch
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--langs", default="az,tr,de")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    os.environ.setdefault("BUDGETGPT_CACHE_DIR", str(OUT / "cache"))   # the bench's pilots, not the user's
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = [r for lang in args.langs.split(",") for r in measure(lang)]
+    if any(r["compute_x_largest_pilot"] < MIN_RATIO for r in results):
+        print(f"note: a target under {MIN_RATIO:g}x the largest pilot's compute")
+    table(results)
+
+
+if __name__ == "__main__":
+    main()
