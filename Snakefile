@@ -17,7 +17,7 @@ triggers do the rest (README: "Only what changed reruns"):
 - a changed value reruns STAGE_params (the params trigger; its reason names the key) and so the
   stages that read it, in the same run; no command line ever changes;
 - every corpus file is an input: adding or removing one (the input trigger) or editing one (mtime)
-  reruns tokenize; touching the corpus directory reruns nothing; so are the reference texts and
+  reruns clean and what follows; touching the corpus directory reruns nothing; so are the reference texts and
   task files evaluate.reference_texts and evaluate.tasks name, for evaluate;
 - estimate is a checkpoint: once it has run, Snakemake decides again about train, which reads
   the plan it wrote, by content (a small input that is newer but has the checksum Snakemake
@@ -118,12 +118,12 @@ def write_values(path, lines, log):
 
 
 def corpus_files():
-    """Every file of the corpus, as the tokenize stage finds them (pipeline/data/corpus.py): the files
+    """Every file of the corpus, as the clean stage finds them (pipeline/data/corpus.py): the files
     of a directory or glob, one file, or every file of a `datasets` save_to_disk directory."""
     try:
         sources = Corpus(PARAMS.paths.corpus, PARAMS.data).sources
     except PipelineError:
-        return [PATHS["corpus"]]   # missing or empty: Snakemake or the tokenize stage says so
+        return [PATHS["corpus"]]   # missing or empty: Snakemake or the clean stage says so
     files = []
     for fmt, source in sources:
         if fmt != "datasets":

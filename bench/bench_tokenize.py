@@ -32,6 +32,7 @@ SHARD_BYTES = 8_000_000
 FULL_BYTES = 420_000_000      # ~3.2-4 bytes/token at vocab 32k: comfortably over 100M tokens
 # subset name -> which shards (index % 4) it takes: strided, so each subset mixes every source
 SUBSETS = {"25": {0}, "50": {0, 2}, "100": {0, 1, 2, 3}}
+PASS_THROUGH = ["clean.exact_dedup=false", "clean.boilerplate=false", "clean.near_dedup=false", "clean.quality=false"]
 
 
 # --- the corpus ----------------------------------------------------------------------------------
@@ -137,9 +138,13 @@ def run_stage() -> dict:
     results = {}
     for name in SUBSETS:
         run = OUT / f"stage-{name}"
-        cmd = [sys.executable, "-m", "pipeline", "tokenize", "--params", "params.yaml",
-               "--set", f"paths.corpus={OUT / f'corpus-{name}'}", "--set", f"paths.tokenizer={run / 'tokenizer'}",
-               "--set", f"paths.tokens={run / 'tokens'}"]
+        sets = [f"paths.corpus={OUT / f'corpus-{name}'}", f"paths.clean={run / 'clean'}",
+                f"paths.reports={run / 'reports'}", f"paths.tokenizer={run / 'tokenizer'}", f"paths.tokens={run / 'tokens'}",
+                *PASS_THROUGH]
+        sets = [item for value in sets for item in ("--set", value)]
+        # tokenize reads the clean stage's output: cleaned with every rule off, the text as it is
+        measure([sys.executable, "-m", "pipeline", "clean", "--params", "params.yaml", *sets], OUT / f"clean-{name}.log")
+        cmd = [sys.executable, "-m", "pipeline", "tokenize", "--params", "params.yaml", *sets]
         result = measure(cmd, OUT / f"stage-{name}.log")
         manifest = json.loads((run / "tokens" / "manifest.json").read_text())
         result |= {"tokens": manifest["train_tokens"] + manifest["val_tokens"],

@@ -2,7 +2,8 @@
 # What a new VM runs on a fresh clone of this repository (README, "A spot T4"), on its first start
 # and again on each VM that replaces a reclaimed one:
 #
-#   1. pull the token files and tokenizer from the DVC remote (tokenize ran once, elsewhere);
+#   1. pull the cleaned corpus, token files and tokenizer from the DVC remote (clean and tokenize ran
+#      once, elsewhere);
 #   2. run the workflow, `snakemake --profile "$PROFILE"` (or `dvc repro`); train resumes from the
 #      newest complete checkpoint in paths.checkpoints_remote, so a reclaim costs only the steps
 #      since the last upload;
@@ -51,11 +52,12 @@ if [ "$DRIVER" = dvc ] && [ -n "${CHECKPOINTS_REMOTE:-}" ] && ! grep -q "checkpo
   fail "DVC reads params.yaml only: set paths.checkpoints_remote: $CHECKPOINTS_REMOTE there"
 fi
 
-# 1. The token files, never the corpus: tokenize does not run on a VM.
+# 1. The token files (and the cleaned corpus they came from, which Snakemake would otherwise try
+#    to make), never the raw corpus: clean and tokenize do not run on a VM.
 if [ -n "${DVC_REMOTE:-}" ]; then
   dvc remote add --local --force --default vm "$DVC_REMOTE" || fail "DVC_REMOTE $DVC_REMOTE: dvc remote add failed"
 fi
-dvc pull tokenize || fail "dvc pull tokenize failed: tokenize and 'dvc push' the token files first (README, 'A spot T4'), and check the DVC remote's credentials"
+dvc pull clean tokenize || fail "dvc pull clean tokenize failed: run both and 'dvc push' their outputs first (README, 'A spot T4'), and check the DVC remote's credentials"
 
 # 2. The workflow.
 if [ "$DRIVER" = dvc ]; then
@@ -69,10 +71,10 @@ else
   corpus=$("$PY" -c 'from pipeline.core import params; print(params.load(["params.yaml"]).paths.corpus)')
   if [ -e "$corpus" ]; then
     # A fresh clone has no .snakemake records and new mtimes: with the corpus present Snakemake
-    # would re-tokenize. --touch marks the pulled token files as made by this corpus and params,
-    # Snakemake's own way ("pretend that the rules were executed"). Without the corpus it
-    # already keeps them: tokenize's outputs exist and its missing inputs cannot be made.
-    snakemake --profile "$PROFILE" "${configfile[@]}" --touch tokenize || exit $?
+    # would clean and tokenize again. --touch marks the pulled files as made by this corpus and
+    # params, Snakemake's own way ("pretend that the rules were executed"). Without the corpus it
+    # already keeps them: clean's outputs exist and its missing inputs cannot be made.
+    snakemake --profile "$PROFILE" "${configfile[@]}" --touch clean tokenize || exit $?
   fi
   snakemake --profile "$PROFILE" "${configfile[@]}" 2>&1 | tee logs/cloud-run.log
   status=${PIPESTATUS[0]}

@@ -122,6 +122,9 @@ _TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json")
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", *_TOKENIZER_FILES)
 
 CORPUS = Artifact("corpus", "{corpus}", directory=True)   # a directory, glob, file or dataset: pipeline/data/corpus.py
+CLEANED = Artifact("clean", "{clean}", directory=True)   # pipeline/data/cleaned.py: shards whose number varies
+CLEAN_MD = Artifact("clean_md", "{reports}/clean.md", role="report")
+CLEAN_METRICS = Artifact("clean_metrics", "{reports}/clean.json", role="metrics")   # pipeline/data/cleaning.py: CleanReport
 TOKENIZER = Artifact("tokenizer", "{tokenizer}", directory=True, files=_TOKENIZER_FILES)   # pipeline/stages/tokenize.py
 TOKENS = Artifact("tokens", "{tokens}", directory=True,
                   files=(TRAIN_FILE, VAL_FILE, MANIFEST_FILE))          # pipeline/data/tokens.py: TokenManifest
@@ -200,10 +203,19 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage(
-        name="tokenize",
-        help="read the corpus, train a BPE tokenizer, write token files",
+        name="clean",
+        help="remove duplicates, other languages and junk from the corpus; say what went and why",
         inputs=(CORPUS,),
-        params=("paths.corpus", "paths.tokenizer", "paths.tokens", "data", "tokenizer"),
+        # data.val_fraction is tokenize's: the split is made there, by content, after cleaning
+        params=("paths.corpus", "paths.clean", "paths.reports", "data.format", "data.txt_documents",
+                "data.text_field", "data.encoding_errors", "data.max_document_chars", "clean"),
+        outputs=(CLEANED, CLEAN_MD, CLEAN_METRICS),
+    ),
+    Stage(
+        name="tokenize",
+        help="read the cleaned corpus, train a BPE tokenizer, write token files",
+        inputs=(CLEANED,),
+        params=("paths.clean", "paths.tokenizer", "paths.tokens", "data.val_fraction", "tokenizer"),
         outputs=(TOKENIZER, TOKENS),
     ),
     Stage(

@@ -58,7 +58,7 @@ class DemoTokens:
 
 def demo_params(root: Path, *overrides: str) -> params_module.Params:
     """params.yaml + params/demo.yaml with every output path under `root`."""
-    paths = {"corpus": "demo", "tokenizer": "tokenizer", "tokens": "tokens", "reports": "reports",
+    paths = {"corpus": "demo", "clean": "clean", "tokenizer": "tokenizer", "tokens": "tokens", "reports": "reports",
              "checkpoints": "checkpoints", "model": "model"}
     sets = [f"paths.{key}={root / value}" for key, value in paths.items()]
     return params_module.load(DEMO_PARAMS, sets + list(overrides))
@@ -69,6 +69,7 @@ def demo_tokens(tmp_path_factory) -> DemoTokens:
     root = tmp_path_factory.mktemp("demo")
     params = demo_params(root)
     demo_corpus.write(params.paths.corpus, demo_corpus.generate())
+    run_stage("clean", params)
     manifest = run_stage("tokenize", params).as_dict()
     return DemoTokens(params=params, root=root, manifest=manifest)
 

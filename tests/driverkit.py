@@ -1,4 +1,4 @@
-"""The real `snakemake` and the real `dvc` over all four stages on tiny params, in a throwaway
+"""The real `snakemake` and the real `dvc` over every stage on tiny params, in a throwaway
 copy of the repository (tests/checkout.py): what tests/test_drivers_snakemake.py and
 tests/test_drivers_dvc.py share.
 
@@ -22,9 +22,10 @@ import yaml
 
 from checkout import ROOT, TINY, copy_checkout
 from pipeline.core import params as params_module
+from pipeline.registry import STAGES
 
 BIN = Path(sys.executable).parent
-ALL = ["tokenize", "estimate", "train", "evaluate"]
+ALL = [stage.name for stage in STAGES]   # in the registry's order, which is the DAG's
 CORPUS = "data/demo"   # paths.corpus of params/demo.yaml
 # what save_pretrained writes: no driver may add a file to the model a user loads
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -71,6 +72,16 @@ def snakemake(work: Path, *args: str, check: bool = True) -> tuple[list[str], su
 def dvc(work: Path, *args: str, check: bool = True) -> tuple[list[str], subprocess.CompletedProcess]:
     result = run([BIN / "dvc", "repro", *args], work, check)
     return re.findall(r"Running stage '(\w+)'", result.stdout), result
+
+
+def from_stage(name: str) -> list[str]:
+    """The stage `name` and every stage after it."""
+    return ALL[ALL.index(name):]
+
+
+def up_to(name: str) -> list[str]:
+    """Every stage before `name`, and `name`."""
+    return ALL[:ALL.index(name) + 1]
 
 
 def expect(driver, work: Path, what: str, expected: list[str], *args: str) -> str:
@@ -142,8 +153,8 @@ def beyond_the_val_split(driver, work: Path) -> None:
 
 
 def both_drivers_matrix(driver, work: Path) -> None:
-    # The gate on a fresh checkout: tokenize runs, estimate refuses, nothing trains.
-    refused(driver, work, ["tokenize", "estimate"])
+    # The gate on a fresh checkout: the stages before it run, estimate refuses, nothing trains.
+    refused(driver, work, up_to("estimate"))
     assert not (work / "reports/train.json").exists()
     assert not (work / "models/final").exists() and not (work / "checkpoints").exists()
     set_value(work, "cost.budget_hours", 1.0)
@@ -160,6 +171,8 @@ def both_drivers_matrix(driver, work: Path) -> None:
     with open(corpus / "en.txt", "a", encoding="utf-8") as fh:
         fh.write("\n\nOne more document, appended to the corpus.\n")
     expect(driver, work, "a document appended to a corpus file", ALL)
+    set_value(work, "clean.boilerplate", True)   # the demo's repeated headings go: a new cleaned corpus
+    expect(driver, work, "a clean value", from_stage("clean"))
 
     set_value(work, "evaluate.max_new_tokens", 9)
     expect(driver, work, "an evaluate value", ["evaluate"])

@@ -37,7 +37,7 @@ def test_help_per_stage(stage):
 
 
 def test_a_known_error_is_one_line_and_exit_code_2(tmp_path):
-    result = cli("tokenize", *DEMO, "--set", f"paths.corpus={tmp_path / 'missing'}")
+    result = cli("clean", *DEMO, "--set", f"paths.corpus={tmp_path / 'missing'}")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: paths.corpus")
     assert "Traceback" not in result.stderr and result.stdout == ""
@@ -54,9 +54,12 @@ def test_demo_corpus_then_tokenize(tmp_path):
     made = cli("demo-corpus", *DEMO, "--out", str(corpus), "--size-mb", "0.3")
     assert made.returncode == 0 and "wrote 4 files" in made.stdout
     assert "up to date" in cli("demo-corpus", *DEMO, "--out", str(corpus), "--size-mb", "0.3").stdout
-    result = cli("tokenize", *DEMO, "--set", f"paths.corpus={corpus}", "--set", f"paths.tokens={tmp_path / 'tokens'}",
-                 "--set", f"paths.tokenizer={tmp_path / 'tokenizer'}", "--set", "data.val_fraction=0.1",
-                 "--set", "tokenizer.vocab_size=1000")
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("clean", "reports", "tokens", "tokenizer")]
+    sets = [item for value in [f"paths.corpus={corpus}", *paths, "data.val_fraction=0.1", "tokenizer.vocab_size=1000"]
+            for item in ("--set", value)]
+    cleaned = cli("clean", *DEMO, *sets)
+    assert cleaned.returncode == 0 and "kept" in cleaned.stdout, cleaned.stderr
+    result = cli("tokenize", *DEMO, *sets)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text(encoding="utf-8"))
     assert f"{manifest['train_tokens']:,}" in result.stdout and manifest["vocab_size"] <= 1000

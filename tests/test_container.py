@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from checkout import TINY, copy_checkout
+from pipeline.registry import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ def test_image_has_the_cli_and_the_locked_tools_and_runs_as_non_root(image):
     lines = podman_run(image, "bash", "-c", script).stdout.splitlines()
     lock = _lock()
     assert lines[0] != "0"
-    assert all(stage in "\n".join(lines) for stage in ("tokenize", "estimate", "train", "evaluate"))
+    assert all(stage in "\n".join(lines) for stage in (s.name for s in STAGES))
     assert lines[-3:] == [lock["snakemake"], lock["dvc"], f"{lock['torch']}+cpu {lock['transformers']}"]
 
 

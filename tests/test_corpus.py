@@ -354,8 +354,8 @@ def test_a_damaged_dataset_exits_2_through_the_cli(tmp_path, capsys):
 
     _delete_arrow(_save_dataset(tmp_path / "ds"))
     capsys.readouterr()                  # the progress bar of save_to_disk
-    outputs = [f"--set=paths.{name}={tmp_path / name}" for name in ("tokenizer", "tokens")]
-    assert main(["tokenize", "--params", str(ROOT / "params.yaml"), f"--set=paths.corpus={tmp_path / 'ds'}",
+    outputs = [f"--set=paths.{name}={tmp_path / name}" for name in ("clean", "reports")]
+    assert main(["clean", "--params", str(ROOT / "params.yaml"), f"--set=paths.corpus={tmp_path / 'ds'}",
                  *outputs]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: dataset {tmp_path / 'ds'} cannot be read, it looks damaged") and err.count("\n") == 1

@@ -61,8 +61,10 @@ def test_a_stages_code_deps_are_the_code_that_can_change_its_outputs():
     assert not deps["evaluate"] & {"pipeline/cost/hardware.yaml", "pipeline/cost/pricing.py",
                                    "pipeline/stages/estimate.py", "pipeline/stages/train.py"}
     assert "pipeline/cost/hardware.yaml" in deps["estimate"] and "pipeline/cost/render.py" in deps["estimate"]
-    # the tokenizer never depends on the model, the cost model or the engine
+    # the tokenizer never depends on the model, the cost model or the engine; cleaning never on the tokenizer
     assert not {d for d in deps["tokenize"] if d.startswith(("pipeline/model/", "pipeline/cost/", "pipeline/engine/"))}
+    assert not deps["clean"] & {"pipeline/data/bpe.py", "pipeline/data/encode.py", "pipeline/stages/tokenize.py"}
+    assert "pipeline/data/quality.py" in deps["clean"] and "pipeline/data/quality.py" not in deps["tokenize"]
     # only train runs as several processes: a launcher edit reruns it and nothing before it
     launcher = {"pipeline/core/launch.py", "pipeline/core/multinode.py", "pipeline/core/torchrun.py"}
     assert launcher <= deps["train"] and not launcher & (deps["tokenize"] | deps["estimate"] | deps["evaluate"])
@@ -165,18 +167,18 @@ def test_snakemake_and_dvc_run_the_same_stages(tmp_path):
         [s.name for s in STAGES if any(a.by_content for t in STAGES for a in t.inputs if a in s.outputs)]
 
 
-def _tokenize_inputs(tmp_path: Path, corpus: str) -> list[str]:
+def _clean_inputs(tmp_path: Path, corpus: str) -> list[str]:
     result = subprocess.run(
         [BIN / "snakemake", "-n", "--forceall", "--cores", "1", "--config", f"paths={{corpus: '{corpus}'}}"],
         cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    block = re.search(r"^(?:local)?rule tokenize:\n\s+input: (.*)$", result.stdout, re.M)
+    block = re.search(r"^(?:local)?rule clean:\n\s+input: (.*)$", result.stdout, re.M)
     return sorted(p.strip() for p in block.group(1).split(",") if not p.strip().startswith(("pipeline/", "logs/")))
 
 
 @pytest.mark.parametrize("kind", ["directory", "glob", "file", "datasets"])
-def test_every_corpus_file_is_an_input_of_tokenize(tmp_path, kind):
-    """Per-file inputs, as the tokenize stage finds the files (pipeline/data/corpus.py): an edited,
+def test_every_corpus_file_is_an_input_of_clean(tmp_path, kind):
+    """Per-file inputs, as the clean stage finds the files (pipeline/data/corpus.py): an edited,
     added or removed file reruns it; the directory's own timestamp is no input."""
     root = tmp_path / "corpus"
     (root / "more").mkdir(parents=True)
@@ -195,7 +197,7 @@ def test_every_corpus_file_is_an_input_of_tokenize(tmp_path, kind):
         datasets.Dataset.from_dict({"text": ["one", "two"]}).save_to_disk(corpus)
         expected = sorted(str(p) for p in Path(corpus).rglob("*") if p.is_file() and not p.name.startswith("."))
         assert len(expected) >= 3   # the arrow shard, dataset_info.json, state.json
-    assert _tokenize_inputs(tmp_path, corpus) == sorted(expected)
+    assert _clean_inputs(tmp_path, corpus) == sorted(expected)
 
 
 def test_snakemake_tracks_the_named_eval_files(tmp_path):
@@ -237,12 +239,12 @@ def test_dvc_outputs_cache_the_data_and_commit_the_reports():
         assert cached == [dag.dvc_path(t) for t in stage.outs], stage.name
         assert in_git == [dag.dvc_path(t) for t in stage.small_outs], stage.name
         assert all(o[next(iter(o))] == {"cache": False} for o in entry["outs"] if isinstance(o, dict))
-        # metrics: the headline file only (dvc metrics show, dvc exp show); cost.json, train.json
-        # and eval.json are reports (prose and provenance), not columns
+        # metrics: the headline file and what cleaning kept (dvc metrics show, dvc exp show); cost.json,
+        # train.json and eval.json are reports (prose and provenance), not columns
         metrics = [next(iter(m)) for m in entry.get("metrics", [])]
         assert metrics == [dag.dvc_path(t) for t in stage.metrics], stage.name
     assert [next(iter(m)) for s in doc["stages"].values() for m in s.get("metrics", [])] == \
-        ["${paths.reports}/metrics.json"]
+        ["${paths.reports}/clean.json", "${paths.reports}/metrics.json"]
 
 
 def test_dvc_plots_render_offline_in_two_colours():

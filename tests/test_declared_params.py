@@ -2,7 +2,7 @@
 
 A driver reruns a stage exactly when a declared key changes (dvc.yaml `params`, the Snakefile's
 STAGE_params jobs): a stage that reads an undeclared key keeps its old outputs when that key
-changes, silently. Here the four stages run for real on a tiny run (tests/tiny.yaml, on the demo
+changes, silently. Here the stages run for real on a tiny run (tests/tiny.yaml, on the demo
 corpus) while every field of params they read is recorded, by attribute or by a dump of a whole
 section; each key read but not declared fails the test, by name.
 
@@ -106,7 +106,7 @@ def test_the_recorder_sees_whole_sections_copies_and_dumps(tmp_path):
     assert read == keys_of(params) and len(read) == sum(len(cls.model_fields) for cls in SECTIONS)
 
 
-# ---- the four stages --------------------------------------------------------------------------------
+# ---- the stages -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def reads(demo_tokens, tmp_path_factory) -> dict[str, set[str]]:

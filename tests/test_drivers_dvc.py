@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from checkout import ROOT
-from driverkit import (ALL, BIN, CORPUS, MODEL_FILES, both_drivers_matrix, dvc, expect, git, run, set_value,
-                       tiny_project)
+from driverkit import (ALL, BIN, CORPUS, MODEL_FILES, both_drivers_matrix, dvc, expect, from_stage, git, run,
+                       set_value, tiny_project)
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def test_dvc_reruns_exactly_what_changed_and_shares_the_project(tmp_path):
     work = tiny_project(tmp_path / "repo")
     both_drivers_matrix(dvc, work)
     set_value(work, "tokenizer.vocab_size", 600)
-    expect(dvc, work, "a tokenizer value", ALL)
+    expect(dvc, work, "a tokenizer value", from_stage("tokenize"))
     assert {p.name for p in (work / "models/final").iterdir()} == MODEL_FILES
     _metrics_and_plots(work, tmp_path)
     _collaborator(work, tmp_path)
@@ -41,12 +41,14 @@ def _readme_git_add() -> list[str]:
 
 
 def _metrics_and_plots(work: Path, tmp_path: Path) -> None:
-    """dvc metrics show: the headline numbers only. Plots: the PNGs as images, the loss curves
+    """dvc metrics show: the headline numbers and what cleaning kept. Plots: the PNGs as images, the loss curves
     coloured by split; the page is never committed."""
     metrics = json.loads(run([BIN / "dvc", "metrics", "show", "--json"], work).stdout)
-    assert set(metrics[""]["data"]) == {"reports/metrics.json"}
+    assert set(metrics[""]["data"]) == {"reports/clean.json", "reports/metrics.json"}
     numbers = metrics[""]["data"]["reports/metrics.json"]["data"]
     assert numbers and all(isinstance(v, float) for v in numbers.values()), numbers
+    cleaned = metrics[""]["data"]["reports/clean.json"]["data"]
+    assert 0 < cleaned["documents_out"] <= cleaned["documents_in"], cleaned
 
     run([BIN / "dvc", "plots", "show"], work)
     page = (work / "dvc_plots" / "index.html").read_text()

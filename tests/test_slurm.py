@@ -24,13 +24,14 @@ import pytest
 import yaml
 
 from checkout import ROOT, TINY, copy_checkout
+from pipeline import registry
 from pipeline.core import params as params_module
 from slurmkit import ConfigTaken, LocalSlurm, missing_commands
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-STAGES = ["tokenize", "estimate", "train", "evaluate"]
+STAGES = [stage.name for stage in registry.STAGES]
 PARTITION = "ci"
 NODES = ("n1", "n2")
 

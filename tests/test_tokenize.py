@@ -14,7 +14,8 @@ from pipeline.registry import run_stage
 from pipeline.data import bpe, encode
 from pipeline.stages import estimate
 from pipeline.core import params as params_module
-from pipeline.data.corpus import Corpus, is_val
+from pipeline.data.cleaned import CleanedCorpus
+from pipeline.data.corpus import is_val
 from pipeline.core.errors import PipelineError
 from pipeline.data.tokens import TokenWriter, read_header, read_tokens
 
@@ -23,10 +24,18 @@ AZ = "Azərbaycan dili: ə ğ ı İ ö ş ü ç."
 
 
 def small_params(tmp_path: Path, *overrides: str):
-    sets = [f"paths.corpus={tmp_path / 'corpus'}", f"paths.tokenizer={tmp_path / 'tokenizer'}",
-            f"paths.tokens={tmp_path / 'tokens'}", "tokenizer.vocab_size=300",
+    """Every clean rule off: the corpus reaches tokenize as written (tests/test_clean.py tests them)."""
+    sets = [f"paths.corpus={tmp_path / 'corpus'}", f"paths.clean={tmp_path / 'clean'}",
+            f"paths.reports={tmp_path / 'reports'}", f"paths.tokenizer={tmp_path / 'tokenizer'}",
+            f"paths.tokens={tmp_path / 'tokens'}", "tokenizer.vocab_size=300", "clean.exact_dedup=false",
+            "clean.boilerplate=false", "clean.near_dedup=false", "clean.quality=false",
             "tokenizer.train_sample_bytes=0", "model.context=8", "data.val_fraction=0.2"]
     return params_module.load([ROOT / "params.yaml"], sets + list(overrides))
+
+
+def clean_and_tokenize(params):
+    run_stage("clean", params)
+    return run_stage("tokenize", params)
 
 
 def write_corpus(tmp_path: Path, docs: list[str]) -> None:
@@ -74,7 +83,8 @@ def test_autotokenizer_loads_it_offline_and_round_trips_azerbaijani(demo_tokens)
     # the first train document decodes back to the corpus text it came from
     ids = read_tokens(paths.tokens / "train.bin")
     first = np.asarray(ids[: int(np.argmax(ids == demo_tokens.manifest["eot_token_id"]))])
-    first_doc = next(p.text for p in Corpus(paths.corpus, demo_tokens.params.data).pieces() if not p.is_val)
+    cleaned = CleanedCorpus(paths.clean, demo_tokens.params.data.val_fraction)
+    first_doc = next(p.text for p in cleaned.pieces() if not p.is_val)
     assert tok.decode(first.tolist()) == first_doc
 
 
@@ -94,7 +104,7 @@ def test_tokenizing_twice_gives_byte_identical_outputs(demo_tokens, tmp_path):
 def test_text_that_spells_the_end_of_text_token_is_not_a_boundary(tmp_path):
     docs = DOCS[:40] + [f"a document mentioning {bpe.EOT} in its text {i}" for i in range(20)]
     write_corpus(tmp_path, docs)
-    manifest = run_stage("tokenize", small_params(tmp_path)).as_dict()
+    manifest = clean_and_tokenize(small_params(tmp_path)).as_dict()
     for split in ("train", "val"):
         ids = read_tokens(tmp_path / "tokens" / f"{split}.bin")
         assert int((ids == manifest["eot_token_id"]).sum()) == manifest["documents"][split]
@@ -105,7 +115,7 @@ def test_replacements_are_counted_in_the_manifest_and_printed(tmp_path, capsys):
     write_corpus(tmp_path, DOCS)
     with open(tmp_path / "corpus" / "docs.txt", "ab") as fh:
         fh.write(b"\n\nbroken \xff\xfe bytes")
-    manifest = run_stage("tokenize", small_params(tmp_path)).as_dict()
+    manifest = clean_and_tokenize(small_params(tmp_path)).as_dict()
     assert manifest["invalid_utf8_replacements"] == 2
     assert "2 undecodable bytes were replaced" in capsys.readouterr().out
 
@@ -117,7 +127,7 @@ def test_replacements_are_counted_in_the_manifest_and_printed(tmp_path, capsys):
 def test_vocabulary_too_small_or_too_large(tmp_path, vocab, message):
     write_corpus(tmp_path, DOCS)
     with pytest.raises(PipelineError, match=message):
-        run_stage("tokenize", small_params(tmp_path, f"tokenizer.vocab_size={vocab}")).as_dict()
+        clean_and_tokenize(small_params(tmp_path, f"tokenizer.vocab_size={vocab}")).as_dict()
     assert not (tmp_path / "tokens").exists() and not (tmp_path / "tokenizer").exists()
 
 
@@ -125,7 +135,7 @@ def test_a_corpus_too_small_for_one_context_window_stops_before_training(tmp_pat
     """Checked by estimate, the first stage that reads model.context: changing the context must
     not retokenize the corpus."""
     write_corpus(tmp_path, DOCS)
-    manifest = run_stage("tokenize", small_params(tmp_path))
+    manifest = clean_and_tokenize(small_params(tmp_path))
     path = tmp_path / "tokens"
     with pytest.raises(PipelineError, match=r"too small for one context window: its val split has "
                                             rf"{manifest.val_tokens} tokens .*model\.context 4096"):
@@ -141,10 +151,10 @@ def test_a_val_fraction_that_leaves_no_val_documents(tmp_path):
     write_corpus(tmp_path, docs)
     with pytest.raises(PipelineError, match=r"data\.val_fraction leaves no validation documents among the "
                                             rf"{len(docs)}.*raise data\.val_fraction"):
-        run_stage("tokenize", small_params(tmp_path, "data.val_fraction=0.01")).as_dict()
+        clean_and_tokenize(small_params(tmp_path, "data.val_fraction=0.01")).as_dict()
     # with a capped BPE sample the problem only shows after encoding: same error, nothing written
     with pytest.raises(PipelineError, match=r"leaves no validation documents"):
-        run_stage("tokenize", small_params(tmp_path, "data.val_fraction=0.01", "tokenizer.train_sample_bytes=100")).as_dict()
+        clean_and_tokenize(small_params(tmp_path, "data.val_fraction=0.01", "tokenizer.train_sample_bytes=100")).as_dict()
     assert not (tmp_path / "tokens").exists()
 
 
@@ -152,13 +162,13 @@ def test_a_val_fraction_that_leaves_no_train_documents(tmp_path):
     docs = [d for d in DOCS if is_val(d, 0.99)]
     write_corpus(tmp_path, docs)
     with pytest.raises(PipelineError, match=r"data\.val_fraction leaves no training documents.*lower"):
-        run_stage("tokenize", small_params(tmp_path, "data.val_fraction=0.99")).as_dict()
+        clean_and_tokenize(small_params(tmp_path, "data.val_fraction=0.99")).as_dict()
 
 
 def test_an_empty_corpus(tmp_path):
     write_corpus(tmp_path, ["", "   ", ""])
     with pytest.raises(PipelineError, match=r"corpus .* holds no text"):
-        run_stage("tokenize", small_params(tmp_path)).as_dict()
+        clean_and_tokenize(small_params(tmp_path)).as_dict()
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
@@ -166,7 +176,7 @@ def test_an_interrupted_run_leaves_the_previous_outputs_and_nothing_half_written
                                                                                  interruption):
     write_corpus(tmp_path, DOCS)
     params = small_params(tmp_path)
-    before = run_stage("tokenize", params).as_dict()
+    before = clean_and_tokenize(params).as_dict()
     snapshot = {p: p.read_bytes() for d in ("tokens", "tokenizer") for p in (tmp_path / d).iterdir()}
 
     # more text, encoded in many small chunks; the run dies after writing some of them
@@ -183,9 +193,9 @@ def test_an_interrupted_run_leaves_the_previous_outputs_and_nothing_half_written
 
     monkeypatch.setattr(TokenWriter, "write", dying_write)
     with pytest.raises(interruption):
-        run_stage("tokenize", params).as_dict()
+        clean_and_tokenize(params).as_dict()
     assert {p: p.read_bytes() for d in ("tokens", "tokenizer") for p in (tmp_path / d).iterdir()} == snapshot
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "tokenizer", "tokens"]  # no leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "corpus", "reports", "tokenizer", "tokens"]  # no leftovers
     assert json.loads((tmp_path / "tokens" / "manifest.json").read_text())["train_tokens"] == before["train_tokens"]
 
 
@@ -193,8 +203,8 @@ def test_errors_met_while_reading_stop_the_stage_cleanly(tmp_path):
     write_corpus(tmp_path, DOCS)
     (tmp_path / "corpus" / "zz.txt").write_bytes(b"late \xff text\n")
     with pytest.raises(PipelineError, match=r"zz\.txt is not valid UTF-8 \(first bad byte at offset 5\)"):
-        run_stage("tokenize", small_params(tmp_path, "data.encoding_errors=strict")).as_dict()
+        clean_and_tokenize(small_params(tmp_path, "data.encoding_errors=strict")).as_dict()
     (tmp_path / "corpus" / "zz.txt").write_bytes(b"\0\1\2 binary")
     with pytest.raises(PipelineError, match=r"zz\.txt looks binary"):
-        run_stage("tokenize", small_params(tmp_path)).as_dict()
+        clean_and_tokenize(small_params(tmp_path)).as_dict()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]

@@ -87,6 +87,7 @@ class Section(BaseModel):
 
 class Paths(Section):
     corpus: Path
+    clean: Path
     tokenizer: Path
     tokens: Path
     reports: Path
@@ -134,6 +135,18 @@ class Data(Section):
     encoding_errors: Literal["replace", "strict"]
     val_fraction: Float = Fraction
     max_document_chars: Int = Field(ge=1000)
+
+
+class Clean(Section):
+    exact_dedup: bool
+    boilerplate: bool
+    boilerplate_min_documents: Int = Field(ge=2)
+    near_dedup: bool
+    near_dedup_threshold: Float = Fraction
+    languages: list[str]
+    quality: bool
+    quality_language: Literal["az", "tr", "ru", "en"]
+    examples: Int = NonNegative
 
 
 class Tokenizer(Section):
@@ -268,6 +281,7 @@ class Evaluate(Section):
 class Params(Section):
     paths: Paths
     data: Data
+    clean: Clean
     tokenizer: Tokenizer
     model: Model
     cost: Cost

@@ -2,7 +2,7 @@
 save_pretrained writes it, with GPT-2's one special token.
 
     check_vocab(params.tokenizer.vocab_size)
-    tokenizer, sample = train(Corpus(params.paths.corpus, params.data), params.tokenizer)
+    tokenizer, sample = train(CleanedCorpus(params.paths.clean, params.data.val_fraction), params.tokenizer)
     save(tokenizer, directory)   # tokenizer.json + tokenizer_config.json
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Tokenizer as TokenizerParams
-from pipeline.data.corpus import Corpus, check_split_documents, utf8_len
+from pipeline.data.cleaned import CleanedCorpus
+from pipeline.data.corpus import check_split_documents, utf8_len
 from pipeline.data.readahead import read_ahead
 from pipeline.data.tokens import dtype_for_vocab
 
@@ -44,7 +45,7 @@ class Sample:
     seen_val: int = 0
 
 
-def train(source: Corpus, settings: TokenizerParams) -> tuple[Tokenizer, Sample]:
+def train(source: CleanedCorpus, settings: TokenizerParams) -> tuple[Tokenizer, Sample]:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -64,10 +65,10 @@ def train(source: Corpus, settings: TokenizerParams) -> tuple[Tokenizer, Sample]
     return tokenizer, sample
 
 
-def _sample_texts(source: Corpus, cap: int, sample: Sample) -> Generator[list[str], None, None]:
+def _sample_texts(source: CleanedCorpus, cap: int, sample: Sample) -> Generator[list[str], None, None]:
     """Train-split texts in batches, up to `cap` UTF-8 bytes (0: no cap)."""
     batch, chars = [], 0
-    for piece in source.pieces():
+    for piece in source.pieces(progress="tokenize: BPE sample"):
         if piece.is_val:
             sample.seen_val += piece.ends_document
             continue

@@ -126,6 +126,18 @@ class Corpus:
             yield Piece(text, ends, val)
             start = ends
 
+    def texts(self) -> Iterator[str]:
+        """Every document as pieces of at most data.max_document_chars, without a split: what the
+        clean stage reads (it writes each piece as a document)."""
+        self.replacements = 0
+        for text, _ in self._texts():
+            yield text
+
+    def size_bytes(self) -> int:
+        """The bytes of its files (0 for a dataset, whose size on disk is not its text's): a
+        progress bar's total."""
+        return sum(path.stat().st_size for fmt, path in self.sources if fmt != "datasets")
+
     def _texts(self) -> Iterator[tuple[str, bool]]:
         for fmt, path in self.sources:
             if fmt == "txt":

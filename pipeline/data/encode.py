@@ -15,7 +15,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from pipeline.data.bpe import EOT
-from pipeline.data.corpus import Corpus, utf8_len
+from pipeline.data.cleaned import CleanedCorpus
+from pipeline.data.corpus import utf8_len
 from pipeline.data.readahead import read_ahead
 from pipeline.data.tokens import TRAIN_FILE, VAL_FILE, TokenWriter
 
@@ -36,7 +37,7 @@ class Split:
         return self.writer.count
 
 
-def encode_splits(source: Corpus, tokenizer: Tokenizer, directory: Path, dtype: np.dtype) -> dict[str, Split]:
+def encode_splits(source: CleanedCorpus, tokenizer: Tokenizer, directory: Path, dtype: np.dtype) -> dict[str, Split]:
     vocab_size = tokenizer.get_vocab_size()
     eot = np.array([tokenizer.token_to_id(EOT)], dtype=dtype)
     with TokenWriter(directory / TRAIN_FILE, dtype) as train, TokenWriter(directory / VAL_FILE, dtype) as val:
@@ -73,10 +74,10 @@ class _Batch:
     bytes: int = 0
 
 
-def _batches(source: Corpus) -> Generator[_Batch, None, None]:
+def _batches(source: CleanedCorpus) -> Generator[_Batch, None, None]:
     """The pieces of each split, gathered into batches of about CHUNK_CHARS characters."""
     open_batches = {"train": _Batch("train"), "val": _Batch("val")}
-    for piece in source.pieces():
+    for piece in source.pieces(progress="tokenize: encode"):
         batch = open_batches["val" if piece.is_val else "train"]
         batch.texts.append(piece.text)
         batch.ends.append(piece.ends_document)

@@ -1,8 +1,8 @@
-"""The tokenize stage: corpus -> byte-level BPE tokenizer + train/val token files + manifest.
+"""The tokenize stage: cleaned corpus -> byte-level BPE tokenizer + train/val token files + manifest.
 
     python -m pipeline tokenize --params params.yaml [--params params/demo.yaml]
 
-Two streaming passes over the corpus: the first trains the BPE on (a capped sample of) the train
+Two streaming passes over the cleaned corpus (pipeline/data/cleaned.py, the clean stage's output): the first trains the BPE on (a capped sample of) the train
 split (pipeline/data/bpe.py), the second encodes both splits into the token files
 (pipeline/data/encode.py). Both output directories appear whole, together, or not at all.
 """
@@ -19,17 +19,18 @@ from pipeline.core import provenance
 from pipeline.core.atomic import staging_dir
 from pipeline.core.params import Params
 from pipeline.data import bpe
-from pipeline.data.corpus import Corpus, check_split_documents
+from pipeline.data.cleaned import CleanedCorpus
+from pipeline.data.corpus import check_split_documents
 from pipeline.data.encode import Split, encode_splits, unigram_entropy
 from pipeline.data.tokens import MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE, TokenManifest, dtype_for_vocab
 from pipeline.registry import declared_params
 
 
-def run(params: Params, *, corpus: Path, tokenizer: Path, tokens: Path) -> TokenManifest:
-    """Train the tokenizer on `corpus` and write it to `tokenizer`; encode into `tokens`."""
-    corpus, tokenizer_dir, tokens_dir = Path(corpus), Path(tokenizer), Path(tokens)
+def run(params: Params, *, clean: Path, tokenizer: Path, tokens: Path) -> TokenManifest:
+    """Train the tokenizer on the cleaned corpus `clean` and write it to `tokenizer`; encode into `tokens`."""
+    corpus, tokenizer_dir, tokens_dir = Path(clean), Path(tokenizer), Path(tokens)
     bpe.check_vocab(params.tokenizer.vocab_size)
-    source = Corpus(corpus, params.data)
+    source = CleanedCorpus(corpus, params.data.val_fraction)
     started = time.perf_counter()
 
     tokenizer, sample = bpe.train(source, params.tokenizer)
@@ -58,7 +59,7 @@ def run(params: Params, *, corpus: Path, tokenizer: Path, tokens: Path) -> Token
 
 
 def _manifest(params: Params, splits: dict[str, Split], tokenizer: Tokenizer, dtype: np.dtype,
-              tok_dir: Path, tokens_dir: Path, source: Corpus) -> TokenManifest:
+              tok_dir: Path, tokens_dir: Path, source: CleanedCorpus) -> TokenManifest:
     train, val = splits["train"], splits["val"]
     tokens = train.tokens + val.tokens
     return TokenManifest.make(**{
