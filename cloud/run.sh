@@ -68,14 +68,15 @@ if [ "$DRIVER" = dvc ]; then
 else
   configfile=()
   [ ${#overlay[@]} -gt 0 ] && configfile=(--configfile logs/cloud-params.yaml)
+  # A fresh clone has no .snakemake records and new mtimes: the pulled token files may be older
+  # than the pulled cleaned corpus, and with the raw corpus present Snakemake would clean and
+  # tokenize again. --touch marks the pulled files as made by this corpus and params, Snakemake's
+  # own way ("pretend that the rules were executed"), each rule's outputs newer than its inputs.
+  # Without the raw corpus (it is not pulled) clean cannot be touched, and need not be.
   corpus=$("$PY" -c 'from pipeline.core import params; print(params.load(["params.yaml"]).paths.corpus)')
-  if [ -e "$corpus" ]; then
-    # A fresh clone has no .snakemake records and new mtimes: with the corpus present Snakemake
-    # would clean and tokenize again. --touch marks the pulled files as made by this corpus and
-    # params, Snakemake's own way ("pretend that the rules were executed"). Without the corpus it
-    # already keeps them: clean's outputs exist and its missing inputs cannot be made.
-    snakemake --profile "$PROFILE" "${configfile[@]}" --touch clean tokenize || exit $?
-  fi
+  touched=(tokenize)
+  [ -e "$corpus" ] && touched=(clean tokenize)
+  snakemake --profile "$PROFILE" "${configfile[@]}" --touch "${touched[@]}" || exit $?
   snakemake --profile "$PROFILE" "${configfile[@]}" 2>&1 | tee logs/cloud-run.log
   status=${PIPESTATUS[0]}
   if [ "$status" -ne 0 ]; then

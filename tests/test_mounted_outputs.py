@@ -31,7 +31,7 @@ def test_tokenize_replaces_mounted_token_and_tokenizer_folders(demo_tokens, tmp_
     tokens, tokenizer = tmp_path / "tokens", tmp_path / "tokenizer"
     with tmpfs(tokens, "size=64m"), tmpfs(tokenizer, "size=8m"):
         for _ in range(2):
-            done = run_cli(stage_cli("tokenize", f"paths.corpus={demo_tokens.params.paths.corpus}",
+            done = run_cli(stage_cli("tokenize", f"paths.clean={demo_tokens.params.paths.clean}",
                                      f"paths.tokenizer={tokenizer}", f"paths.tokens={tokens}",
                                      "tokenizer.vocab_size=512"))
             assert done.returncode == 0, done.stderr

@@ -69,7 +69,7 @@ def test_a_disk_that_fills_up_during_tokenize(demo_tokens, tmp_path):
     with tmpfs(full, "size=64k"):
         (full / "tokens").mkdir()
         (full / "tokens" / "before.txt").write_text("the tokens from an earlier run\n")
-        done = run_cli(stage_cli("tokenize", f"paths.corpus={demo_tokens.params.paths.corpus}",
+        done = run_cli(stage_cli("tokenize", f"paths.clean={demo_tokens.params.paths.clean}",
                                  f"paths.tokenizer={tokenizer}", f"paths.tokens={full / 'tokens'}",
                                  "tokenizer.vocab_size=512"))
         line = _one_line_error(done, str(full / "tokens"), "the disk is full", "paths.tokens", "nothing was replaced")

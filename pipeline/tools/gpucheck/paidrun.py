@@ -64,9 +64,10 @@ def fp16_headroom(kind: str) -> dict[str, Any]:
     from pipeline.tools import demo_corpus, fp16probe
 
     with tempfile.TemporaryDirectory(prefix="budgetgpt-fp16-probe-") as tmp:
-        paths = [f"paths.{key}={Path(tmp) / key}" for key in ("corpus", "tokenizer", "tokens", "reports")]
+        paths = [f"paths.{key}={Path(tmp) / key}" for key in ("corpus", "clean", "tokenizer", "tokens", "reports")]
         params = params_module.load([ROOT / "params.yaml", DEMO_OVERLAY], paths + HEADROOM_SETTINGS[kind])
         demo_corpus.write(params.paths.corpus, demo_corpus.generate())
+        run_stage("clean", params)
         run_stage("tokenize", params)
         headroom = fp16probe.after_training(params, HEADROOM_STEPS[kind], device=kind,
                                             precision="fp16" if kind == "cuda" else "fp32")
