@@ -31,14 +31,8 @@ def staging_dir(final: str | Path, marker: str | None = None) -> Iterator[Path]:
         with _staging_inside(final, marker) as stage:
             yield stage
         return
-    stage = _aside(final, "tmp")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
+    with _empty_stage(_aside(final, "tmp")) as stage:
         yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     old = _aside(final, "old")
     if final.exists():
         final.rename(old)
@@ -47,8 +41,9 @@ def staging_dir(final: str | Path, marker: str | None = None) -> Iterator[Path]:
 
 
 @contextmanager
-def _staging_inside(final: Path, marker: str | None) -> Iterator[Path]:
-    stage = final / f".staging.tmp-{os.getpid()}"   # on the mount's own file system: renames stay atomic
+def _empty_stage(stage: Path) -> Iterator[Path]:
+    """An empty staging directory (one a killed run left there is removed first), removed again if
+    the work inside it raises."""
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
@@ -56,6 +51,13 @@ def _staging_inside(final: Path, marker: str | None) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+@contextmanager
+def _staging_inside(final: Path, marker: str | None) -> Iterator[Path]:
+    # on the mount's own file system: renames stay atomic
+    with _empty_stage(final / f".staging.tmp-{os.getpid()}") as stage:
+        yield stage
     if marker:
         (final / marker).unlink(missing_ok=True)
     for old in final.iterdir():   # the old outputs, and what a killed run staged here
