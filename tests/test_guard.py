@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from pipeline.cost.report import CostReport
 from pipeline.cost.budget import GUARD_FIRST_STEPS, BudgetGuard
 from trainkit import DEMO_FILES, report, run_cli, tiny_sets
@@ -84,3 +86,26 @@ def test_projection_counts_spent_hours_the_tolerance_and_the_estimates_rates(tmp
     assert p.over == [] and p.projected["usd"] < 10.0 * 1.1
     assert guard.project(step=50, tokens_done=500, step_rate=0.05, spent_hours=3.0).over == ["usd"]
     assert cost.tokens == 1000 and json.loads((tmp_path / "cost.json").read_text())["format"] == 2
+
+
+def test_what_the_forecasts_pilots_spent_counts_while_training(demo_tokens, tmp_path):
+    # the estimate's pilots (cost.forecast) cost $1 a second, the run it believes nearly free; a budget
+    # of the pilots' measured $ plus the predicted run and a millisecond passes the gate, and the real
+    # run (8 steps, a fraction of the pilots' 9 runs of 10 steps or more) alone would keep it
+    run = ("model.n_head=8", "cost.forecast=true", "cost.forecast_share=1", "train.max_steps=8", "train.eval_every=8",
+           "train.checkpoint_every=8", *OPTIMISTIC, "cost.pricing=on_demand", "cost.usd_per_hour=3600",
+           "cost.budget_hours=null", "cost.budget_kwh=null", "cost.budget_tolerance=0")
+    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_usd=1000000").returncode == 0
+    estimate = json.loads((tmp_path / "reports" / "cost.json").read_text())
+    pilots_usd = estimate["forecast"]["pilots"]["usd"]
+    budget = pilots_usd + estimate["usd"] + 0.001
+    again = stage("estimate", demo_tokens, tmp_path, *run, f"cost.budget_usd={budget}")
+    assert again.returncode == 0, again.stderr
+    assert not json.loads((tmp_path / "reports" / "cost.json").read_text())["forecast"]["pilots"]["ran_now"]
+
+    stopped = stage("train", demo_tokens, tmp_path, *run, f"cost.budget_usd={budget}")
+    assert stopped.returncode == 3, stopped.stderr
+    assert "the forecast's pilots' $" in stopped.stderr.strip().splitlines()[-1]
+    guard = report(tmp_path)["budget_guard"]
+    assert guard["pilots"]["usd"] == pytest.approx(pilots_usd) and guard["over"] == ["usd"]
+    assert budget < guard["projected"]["usd"] and guard["projected"]["usd"] - pilots_usd < budget  # the run alone fits

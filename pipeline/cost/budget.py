@@ -9,7 +9,9 @@ hours, dollars and kWh from its measured rate to the planned tokens, at the esti
 kW (reports/cost.json); under spot pricing with the hours the rest of the run's expected
 reclaims add (pipeline/cost/reclaim.py, as the estimate priced them). A projection over a budget
 by more than cost.budget_tolerance, or the wall clock past cost.budget_hours, stops the run
-(checkpointed, exit 3) unless cost.override_budget is set. Hours spent before a resume count.
+(checkpointed, exit 3) unless cost.override_budget is set. Hours spent before a resume count, and
+so do the hours, $ and kWh the estimate's pilot runs spent (cost.forecast, in reports/cost.json): the
+estimate held the run and its pilots together against the budget, and so does the guard.
 
 The budget and its tolerance reach train through the cost report, not through params train
 declares: a finished run's outputs never depend on the budget (a run it stopped has none), so a
@@ -17,7 +19,7 @@ budget change must not retrain, and a run stopped by it resumes when the budget 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.core.errors import BudgetExceeded
@@ -110,6 +112,7 @@ class Projection:
     over: list[str]                 # the budgets the projection breaks (beyond the tolerance)
     wall_clock_over: bool           # cost.budget_hours already spent
     reclaim_hours: float = 0.0      # in `projected`: what the rest of the run's expected spot reclaims add
+    pilots: dict[str, float] = field(default_factory=dict)   # in `projected`: what the forecast's pilots spent
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +121,7 @@ class Projection:
 class BudgetGuard:
     def __init__(self, cost: CostReport | None, tokens_planned: int):
         self.cost, self.tokens_planned = cost, tokens_planned
+        self.pilots = pilots_spent(cost)
         self.last: Projection | None = None
         self._next_check_at: float | None = None
 
@@ -143,15 +147,17 @@ class BudgetGuard:
         to_come = remaining / step_rate / 3600 * outside_steps if step_rate else float("inf")
         reclaims = self._reclaims(to_come, spent_hours + to_come, step_rate * 3600 / outside_steps) if step_rate else 0.0
         hours = spent_hours + to_come + reclaims
-        projected = {"hours": hours, "usd": hours * (cost.usd / cost.hours if cost.hours else 0.0),
-                     "kwh": hours * (cost.kwh / cost.hours if cost.hours else 0.0)}
+        run = {"hours": hours, "usd": hours * (cost.usd / cost.hours if cost.hours else 0.0),
+               "kwh": hours * (cost.kwh / cost.hours if cost.hours else 0.0)}
+        projected = {k: self.pilots[k] + run[k] for k in UNITS}
         over = [k for k, limit in cost.budget.items()
                 if limit is not None and projected[k] > limit * (1 + cost.budget_tolerance)]
         budget_hours = cost.budget.get("hours")
         self.last = Projection(step=step, tokens_per_second=step_rate, projected=projected, spent_hours=spent_hours,
                                budget=dict(cost.budget), tolerance=cost.budget_tolerance, over=over,
-                               wall_clock_over=budget_hours is not None and spent_hours >= budget_hours,
-                               reclaim_hours=reclaims)
+                               wall_clock_over=budget_hours is not None
+                               and self.pilots["hours"] + spent_hours >= budget_hours,
+                               reclaim_hours=reclaims, pilots=dict(self.pilots))
         return self.last
 
     def _reclaims(self, to_come: float, run_hours: float, tokens_per_hour: float) -> float:
@@ -168,18 +174,33 @@ class BudgetGuard:
     def refusal(self, projection: Projection, checkpoint: str) -> BudgetExceeded:
         p, cost = projection, self.cost
         if p.wall_clock_over:
-            what = (f"{p.spent_hours:.4g} h of training reached cost.budget_hours {cost.budget['hours']:g} h, "
-                    "a hard wall-clock limit")
+            what = (f"{p.spent_hours:.4g} h of training{self._with_pilots('hours')} reached cost.budget_hours "
+                    f"{cost.budget['hours']:g} h, a hard wall-clock limit")
         else:
-            what = "; ".join(f"{_amount(p.projected[k], k)} projected > cost.budget_{k} {_amount(cost.budget[k], k)}"
-                             f" (+{p.tolerance:.0%} tolerance)" for k in p.over)
+            what = "; ".join(f"{_amount(p.projected[k], k)} projected{self._with_pilots(k)} > cost.budget_{k} "
+                             f"{_amount(cost.budget[k], k)} (+{p.tolerance:.0%} tolerance)" for k in p.over)
             what = f"at the measured {p.tokens_per_second:,.0f} tokens/s the run heads over budget: {what}"
-        affordable = affordable_tokens(self.tokens_planned, p.projected, cost.budget, cost.tokens_per_step)
+        # the tokens that fit what the pilots left of the budget
+        left = {k: None if v is None else v - self.pilots[k] for k, v in cost.budget.items()}
+        run = {k: p.projected[k] - self.pilots[k] for k in UNITS}
+        affordable = affordable_tokens(self.tokens_planned, run, left, cost.tokens_per_step)
         fewer = f"fewer tokens (train.max_tokens: {affordable:,} fits at this rate), " if affordable > 0 else ""
         return BudgetExceeded(
             f"train stopped at step {p.step}: {what}. Saved {checkpoint}. Choices: {fewer}a larger budget, "
             "another device (the what-if table in the estimate's cost.md), or cost.override_budget: true; "
             "then rerun and it resumes from the checkpoint")
+
+
+    def _with_pilots(self, key: str) -> str:
+        spent = self.pilots[key]
+        return f" (the forecast's pilots' {_amount(spent, key)} included)" if spent else ""
+
+
+def pilots_spent(cost: CostReport | None) -> dict[str, float]:
+    """The hours, $ and kWh the estimate's pilot runs spent (reports/cost.json's forecast block);
+    zero without a forecast."""
+    spent = ((cost.forecast if cost else None) or {}).get("pilots") or {}
+    return {k: float(spent.get(k, 0.0)) for k in UNITS}
 
 
 def _amount(value: float, key: str) -> str:
