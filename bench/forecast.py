@@ -3,8 +3,8 @@ the end, on bench/heldout.py's corpora (never used to choose the law's form or i
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/forecast.py [--langs az,tr,de]
 
-Per corpus: its first CORPUS_BYTES, tokenized by the tokenize stage (the demo's tokenizer
-settings, data.val_fraction 0.1); the estimate stage with cost.forecast: true on a small model
+Per corpus: its first CORPUS_BYTES, cleaned and tokenized by the clean and tokenize stages (the
+demo's settings, data.val_fraction 0.1); the estimate stage with cost.forecast: true on a small model
 (RUN_SETS over params.yaml + params/demo.yaml: 2 layers x 96, context 64, 600 steps of 512
 tokens), which runs the 9 pilots and writes the forecast and the alternatives table into
 cost.json; then the configured run and the larger-model alternatives of TARGET_ROWS, each trained
@@ -13,8 +13,9 @@ model, optimizer, schedule, data order and validation subset, train.seed), and e
 final validation loss held against its forecast. Every target is >= 8x the largest pilot's model
 FLOPs (checked, printed).
 
-Results: bench/out/forecast/results.jsonl (one line per target; a target already there is not
-trained again) and the table printed.
+Results: bench/out/forecast/results.jsonl (one line per target and forecast) and the table printed.
+Each target's loss is kept in bench/out/forecast/targets.jsonl and never trained again; `--targets-only`
+trains the targets alone, printing none of their losses.
 """
 from __future__ import annotations
 
@@ -50,14 +51,15 @@ def prepare(lang: str):
     from pipeline.registry import run_stage
 
     base = OUT / lang
-    params = params_module.load(FILES, [f"paths.corpus={base / 'corpus'}", f"paths.tokenizer={base / 'tokenizer'}",
-                                        f"paths.tokens={base / 'tokens'}", f"paths.reports={base / 'reports'}",
-                                        *RUN_SETS])
+    params = params_module.load(FILES, [f"paths.corpus={base / 'corpus'}", f"paths.clean={base / 'clean'}",
+                                        f"paths.tokenizer={base / 'tokenizer'}", f"paths.tokens={base / 'tokens'}",
+                                        f"paths.reports={base / 'reports'}", *RUN_SETS])
     if not (base / "tokens" / "manifest.json").is_file():
         text = _heldout().build(lang).read_bytes()
         cut = text.rfind(b"\n\n", 0, CORPUS_BYTES)
         (base / "corpus").mkdir(parents=True, exist_ok=True)
         (base / "corpus" / "text.txt").write_bytes(text[:cut] + b"\n")
+        run_stage("clean", params)
         run_stage("tokenize", params)
     return params
 
@@ -81,16 +83,10 @@ def measure(lang: str) -> list[dict]:
         a["n_embd"] == w and abs(a["epochs"] - e) < 0.01 for w, e in TARGET_ROWS)]
     out = []
     for row in rows:
-        steps = row["tokens"] // params.train.tokens_per_step
-        target = pilots.Pilot(row["n_head"], row["n_embd"], None, tokens=row["tokens"],
-                              tokens_per_step=params.train.tokens_per_step,
-                              warmup_steps=round(params.train.warmup_steps * steps / params.train.max_steps))
-        target_params = pilots.pilot_params(params, target)
-        flops = row["tokens"] * compute.flops_per_token(target_params.model, manifest.vocab_size)
+        target = _target(params, row["n_head"], row["n_embd"], row["tokens"])
+        flops = row["tokens"] * compute.flops_per_token(pilots.pilot_params(params, target).model, manifest.vocab_size)
         t = time.perf_counter()
-        actual = _trained().get((f"heldout-{lang}", row["n_embd"], row["tokens"])) or pilots.run_one(
-            params, manifest, Path(params.paths.tokens), target, device="cpu", precision="fp32",
-            micro_batch_size=8)["val_loss"]
+        actual = trained_loss(lang, params, manifest, target)
         result = {"corpus": f"heldout-{lang}", "n_embd": row["n_embd"], "tokens": row["tokens"],
                   "epochs": row["epochs"], "configured": row["configured"], "compute_x_largest_pilot": flops / largest,
                   "forecast": row["loss"], "low": row["low"], "high": row["high"], "actual": actual,
@@ -104,12 +100,47 @@ def measure(lang: str) -> list[dict]:
     return out
 
 
-def _trained() -> dict[tuple, float]:
-    """Targets already trained (results.jsonl): a target's loss does not depend on the pilots or the
-    law, so a rerun after a change to either trains none of them again."""
-    path = OUT / "results.jsonl"
+def _target(params, n_head: int, n_embd: int, tokens: int):
+    """A target run: the configured recipe at this width and token count, its warmup scaled to its steps."""
+    from pipeline.cost import pilots
+
+    steps = tokens // params.train.tokens_per_step
+    return pilots.Pilot(n_head, n_embd, None, tokens=tokens, tokens_per_step=params.train.tokens_per_step,
+                        warmup_steps=round(params.train.warmup_steps * steps / params.train.max_steps))
+
+
+def trained_loss(lang: str, params, manifest, target) -> float:
+    """A target's final validation loss, trained here once and kept in targets.jsonl: it depends on
+    neither the pilots nor the law, so a rerun after a change to either trains no target again."""
+    from pipeline.cost import pilots
+
+    path, key = OUT / "targets.jsonl", (f"heldout-{lang}", target.n_embd, target.tokens)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
-    return {(r["corpus"], r["n_embd"], r["tokens"]): r["actual"] for r in rows}
+    kept = {(r["corpus"], r["n_embd"], r["tokens"]): r["actual"] for r in rows}
+    if key not in kept:
+        t = time.perf_counter()
+        kept[key] = pilots.run_one(params, manifest, Path(params.paths.tokens), target, device="cpu", precision="fp32",
+                                   micro_batch_size=8)["val_loss"]
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"corpus": key[0], "n_embd": key[1], "tokens": key[2], "actual": kept[key],
+                                 "seconds": time.perf_counter() - t}) + "\n")
+    return kept[key]
+
+
+def train_targets(lang: str) -> None:
+    """--targets-only: the configured run and TARGET_ROWS trained (nothing printed of their losses),
+    with no pilots and no forecast: the targets can train while the law is still being worked on."""
+    from pipeline.cost import budget
+    from pipeline.data.tokens import TokenManifest
+
+    params = prepare(lang)
+    manifest = TokenManifest.read(Path(params.paths.tokens) / "manifest.json")
+    step, head_dim = params.train.tokens_per_step, params.model.n_embd // params.model.n_head
+    rows = [(params.model.n_embd, budget.tokens_to_train(params))]
+    rows += [(width, max(step, int(epochs * manifest.train_tokens) // step * step)) for width, epochs in TARGET_ROWS]
+    for width, tokens in rows:
+        trained_loss(lang, params, manifest, _target(params, width // head_dim, width, tokens))
+        print(f"heldout-{lang}: {width} wide, {tokens:,} tokens trained", flush=True)
 
 
 def table(results: list[dict]) -> None:
@@ -131,10 +162,15 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--langs", default="az,tr,de")
+    parser.add_argument("--targets-only", action="store_true", help="train the targets alone (no forecast)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.environ.setdefault("BUDGETGPT_CACHE_DIR", str(OUT / "cache"))   # the bench's pilots, not the user's
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.targets_only:
+        for lang in args.langs.split(","):
+            train_targets(lang)
+        return
     results = [r for lang in args.langs.split(",") for r in measure(lang)]
     if any(r["compute_x_largest_pilot"] < MIN_RATIO for r in results):
         print(f"note: a target under {MIN_RATIO:g}x the largest pilot's compute")
