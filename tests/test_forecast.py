@@ -58,6 +58,16 @@ def test_repeated_tokens_are_worth_less_than_new_ones():
     assert float(scaling.effective_tokens(1e8, 1e6)) < 1e6 * (1 + scaling.REPETITION_DECAY)   # bounded
 
 
+def test_the_unigram_loss_is_the_validation_loss_of_the_train_frequencies(tmp_path):
+    from pipeline.cost.pilots import unigram_loss
+    from pipeline.data.tokens import TRAIN_FILE, VAL_FILE, write_tokens
+
+    write_tokens(tmp_path / TRAIN_FILE, np.array([0, 0, 0, 1, 1, 1], dtype=np.uint16))
+    write_tokens(tmp_path / VAL_FILE, np.array([0, 2], dtype=np.uint16))
+    # counts + 0.5 over a vocabulary of 3: 3.5, 3.5, 0.5 of 7.5
+    assert unigram_loss(tmp_path, 3) == pytest.approx(-(math.log(3.5 / 7.5) + math.log(0.5 / 7.5)) / 2)
+
+
 def test_the_estimate_forecasts_names_the_best_plan_and_never_reruns_its_pilots(demo_tokens, tmp_path, capsys):
     params = small(demo_tokens, tmp_path)
     run_stage("estimate", params)
@@ -74,6 +84,8 @@ def test_the_estimate_forecasts_names_the_best_plan_and_never_reruns_its_pilots(
     md = (tmp_path / "reports" / "cost.md").read_text()
     assert "## Validation loss forecast" in md and "Best plan for the budget" in md and "90% interval" in md
     assert f"train.target_val_loss: {fc['target_val_loss']}" in md
+    assert 0 < fc["unigram_loss"] < math.log(demo_tokens.manifest["vocab_size"])
+    assert ("**Early pilots**" in md) == (min(p["val_loss"] for p in fc["pilots"]["grid"]) > fc["unigram_loss"])
     assert "pilot 9/9" in capsys.readouterr().out
 
     run_stage("estimate", small(demo_tokens, tmp_path, **{"cost.budget_usd": 2.0}))   # a budget edit

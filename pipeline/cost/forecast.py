@@ -75,6 +75,7 @@ def make(params: Params, manifest: TokenManifest, tokens_dir: Path, device: Devi
                    "seconds": entry["seconds"], **figures, "cache": str(cache_dir() / pilots.FILE_NAME)}
     law, points = _fit(params, manifest, entry["results"])
     report = {"law": law.as_dict(), "points": points, "pilots": pilot_block,
+              "unigram_loss": pilots.unigram_loss(tokens_dir, manifest.vocab_size),
               **_forecasts(params, manifest, device, law, mfu, whole_steps, figures)}
     return Forecast(report, figures)
 

@@ -8,6 +8,10 @@ from pipeline.core.units import fmt
 VALIDATION_ROWS = 12   # validation points shown; every one is in cost.json
 
 
+def _early(fc: dict[str, Any]) -> bool:
+    return min(p["val_loss"] for p in fc["pilots"]["grid"]) > fc["unigram_loss"]
+
+
 def markdown(fc: dict[str, Any]) -> list[str]:
     final, law, pilots, points = fc["final"], fc["law"], fc["pilots"], fc["points"]
     best = fc["best"]
@@ -19,6 +23,10 @@ def markdown(fc: dict[str, Any]) -> list[str]:
         *(["", f"**Optimistic**: {final['epochs']:.1f} epochs is past the {fc['epochs_trusted']:g} the law is "
                 "trusted for. It counts repeated tokens for less, but it does not model overfitting, where the "
                 "val loss rises again: add text, or choose fewer epochs below."] if final["beyond_law"] else []),
+        *(["", f"**Early pilots**: every pilot ended above {fc['unigram_loss']:.3f}, the validation loss of the "
+                "train split's token frequencies alone, so the law extrapolates from the first phase of training; "
+                "on development text such forecasts came out high, by up to 12% (bench/README.md). A larger "
+                "cost.forecast_share trains the pilots further."] if _early(fc) else []),
         "",
         f"- Law: L = {law['E']:.3f} + {law['A']:.3g} / (N/{law['n0']:.3g})^{law['alpha']:.2f} + "
         f"{law['B']:.3g} / (D'/{law['d0']:.3g})^{law['beta']:.2f}, N non-embedding parameters, D' effective "

@@ -188,6 +188,19 @@ def run_one(params: Params, manifest: TokenManifest, tokens_dir: Path, pilot: Pi
             "val_loss": loss if math.isfinite(loss) else None, "seconds": time.perf_counter() - start}
 
 
+def unigram_loss(tokens_dir: Path, vocab: int) -> float:
+    """The validation loss of the train split's token frequencies alone (add-half smoothing): a pilot
+    above it has not yet gone past learning them, the first phase of training, where loss falls
+    faster than the law's power law in tokens."""
+    import numpy as np
+
+    from pipeline.data.tokens import read_tokens
+
+    counts = np.bincount(read_tokens(Path(tokens_dir) / TRAIN_FILE), minlength=vocab) + 0.5
+    val = read_tokens(Path(tokens_dir) / VAL_FILE)
+    return float(-np.log(counts[val] / counts.sum()).mean())
+
+
 def check_falling(results: list[dict[str, Any]], vocab: int) -> None:
     """Pilots whose losses do not fall with tokens, or are no better than chance, mean a broken
     recipe (an lr that diverges, say): no law can be fitted to them."""
