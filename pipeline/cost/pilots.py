@@ -33,11 +33,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.core.atomic import write_json
 from pipeline.core.cache import cache_dir
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import MIN_LR_FRACTION, Params, auto_lr
-from pipeline.data.tokens import TRAIN_FILE, VAL_FILE, TokenManifest
+from pipeline.data.tokens import TRAIN_FILE, VAL_FILE, TokenManifest, read_tokens
 from pipeline.model import compute
 
 FILE_NAME = "pilots.json"
@@ -192,10 +194,6 @@ def unigram_loss(tokens_dir: Path, vocab: int) -> float:
     """The validation loss of the train split's token frequencies alone (add-half smoothing): a pilot
     above it has not yet gone past learning them, the first phase of training, where loss falls
     faster than the law's power law in tokens."""
-    import numpy as np
-
-    from pipeline.data.tokens import read_tokens
-
     counts = np.bincount(read_tokens(Path(tokens_dir) / TRAIN_FILE), minlength=vocab) + 0.5
     val = read_tokens(Path(tokens_dir) / VAL_FILE)
     return float(-np.log(counts[val] / counts.sum()).mean())
