@@ -88,6 +88,20 @@ def test_projection_counts_spent_hours_the_tolerance_and_the_estimates_rates(tmp
     assert cost.tokens == 1000 and json.loads((tmp_path / "cost.json").read_text())["format"] == 2
 
 
+def test_the_pilots_spend_is_in_every_projection_and_the_wall_clock(tmp_path):
+    pilots = {"hours": 0.5, "usd": 1.0, "kwh": 0.25}
+    recordkit.cost(tmp_path / "cost.json", hours=2.0, step_hours=2.0, usd=4.0, kwh=1.0, tokens=1000, tokens_per_step=10,
+                   budget={"usd": None, "hours": 3.0, "kwh": None}, forecast={"pilots": {**pilots, "ran_now": True}})
+    guard = BudgetGuard(CostReport.read(tmp_path / "cost.json"), tokens_planned=1000)
+    p = guard.project(step=50, tokens_done=500, step_rate=500 / 3600, spent_hours=1.0)   # 1 h spent, 1 h to come
+    assert p.projected == pytest.approx({"hours": 2.5, "usd": 5.0, "kwh": 1.25}) and p.pilots == pilots
+    assert not p.wall_clock_over and p.over == []
+    late = guard.project(step=90, tokens_done=900, step_rate=500 / 3600, spent_hours=2.5)  # 2.5 h + the pilots' 0.5
+    assert late.wall_clock_over
+    assert "2.5 h of training and 0.5 h of the forecast's pilots reached cost.budget_hours 3 h" in str(
+        guard.refusal(late, "ckpt"))
+
+
 def test_what_the_forecasts_pilots_spent_counts_while_training(demo_tokens, tmp_path):
     # the estimate's pilots (cost.forecast) cost $1 a second, the run it believes nearly free; a budget
     # of the pilots' measured $ plus the predicted run and a millisecond passes the gate, and the real

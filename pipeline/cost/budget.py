@@ -174,8 +174,9 @@ class BudgetGuard:
     def refusal(self, projection: Projection, checkpoint: str) -> BudgetExceeded:
         p, cost = projection, self.cost
         if p.wall_clock_over:
-            what = (f"{p.spent_hours:.4g} h of training{self._with_pilots('hours')} reached cost.budget_hours "
-                    f"{cost.budget['hours']:g} h, a hard wall-clock limit")
+            pilots = f" and {self.pilots['hours']:.4g} h of the forecast's pilots" if self.pilots["hours"] else ""
+            what = (f"{p.spent_hours:.4g} h of training{pilots} reached cost.budget_hours {cost.budget['hours']:g} h, "
+                    "a hard wall-clock limit")
         else:
             what = "; ".join(f"{_amount(p.projected[k], k)} projected{self._with_pilots(k)} > cost.budget_{k} "
                              f"{_amount(cost.budget[k], k)} (+{p.tolerance:.0%} tolerance)" for k in p.over)
@@ -189,7 +190,6 @@ class BudgetGuard:
             f"train stopped at step {p.step}: {what}. Saved {checkpoint}. Choices: {fewer}a larger budget, "
             "another device (the what-if table in the estimate's cost.md), or cost.override_budget: true; "
             "then rerun and it resumes from the checkpoint")
-
 
     def _with_pilots(self, key: str) -> str:
         spent = self.pilots[key]
