@@ -50,8 +50,8 @@ def build(name: str):
 
     skip, size = CORPORA[name]
     base = OUT / name
-    params = params_module.load(bench.FILES, [f"paths.{k}={base / k}" for k in ("corpus", "clean", "tokenizer", "tokens", "reports")]
-                                + bench.RUN_SETS)
+    paths = [f"paths.{k}={base / k}" for k in ("corpus", "clean", "tokenizer", "tokens", "reports")]
+    params = params_module.load(bench.FILES, paths + bench.RUN_SETS)
     if not (base / "tokens" / "manifest.json").is_file():
         docs, position = [], 0
         for text in recipe._man_pages():
@@ -157,8 +157,7 @@ def main() -> None:
     for name in CORPORA:
         m = measure(name)
         for label, grid in m["grids"].items():
-            law = scaling.fit([p["parameters"] for p in grid], [p["tokens"] for p in grid], [p["U"] for p in grid],
-                              [p["val_loss"] for p in grid])
+            law = scaling.fit(*[[p[k] for p in grid] for k in ("parameters", "tokens", "U", "val_loss")])
             above = sum(p["val_loss"] > m["unigram"] for p in grid)
             for t in m["targets"]:
                 forecast = law.loss(t["parameters"], t["tokens"], t["U"])
