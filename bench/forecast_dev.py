@@ -2,7 +2,7 @@
 are the held-out test set and are never read here). What the pilot grid was chosen on, and the
 evidence for and against the ideas tried for runs that repeat their data.
 
-    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/forecast_dev.py    # ~25 min on a quiet machine
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/forecast_dev.py    # its trainings took 25 min at load 7-10
 
 Corpora (CORPORA: man pages in sorted order, cleaned and tokenized by the stages, demo settings):
 man-a, the first 600 kB; man-b, 600 kB from 1.5 MB on; man-s, 48 kB from 3 MB on (27k train
