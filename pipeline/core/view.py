@@ -49,7 +49,7 @@ def view(params: Params, stage: str, declared: Iterable[str]) -> Params:
     whole sections ("model")."""
     declared = frozenset(declared)
     sections = {name: _guarded(getattr(params, name), stage, name, declared) for name in Params.model_fields}
-    seen = _params_view(stage).model_construct(_fields_set=params.model_fields_set, **sections)
+    seen = ParamsView.model_construct(_fields_set=params.model_fields_set, **sections)
     seen._auto = dict(params._auto)
     return seen
 
@@ -115,7 +115,9 @@ class _SectionGuard(_Whole):
         return [(k, v) for k, v in super().__repr_args__() if k not in type(self).__undeclared__]
 
 
-class _ParamsGuard(_Whole):
+class ParamsView(_Whole, Params):
+    """A Params whose sections are views (_SectionGuard)."""
+
     def _refuse_undeclared(self) -> None:
         for name in type(self).model_fields:
             getattr(self, name)._refuse_undeclared()
@@ -144,11 +146,6 @@ def _read(params: Params, key: str) -> Any:
 def _section_view(cls: type[Section], stage: str, name: str, undeclared: frozenset[str]) -> type[Section]:
     namespace = {"__module__": __name__, "__stage__": stage, "__section__": name, "__undeclared__": undeclared}
     return type(f"{cls.__name__}View", (_SectionGuard, cls), namespace)
-
-
-@functools.cache
-def _params_view(stage: str) -> type[Params]:
-    return type("ParamsView", (_ParamsGuard, Params), {"__module__": __name__, "__stage__": stage})
 
 
 def undeclared(stage: str, key: str) -> UndeclaredParam:
