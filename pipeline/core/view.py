@@ -158,7 +158,7 @@ def undeclared(stage: str, key: str) -> UndeclaredParam:
 
 def _reader() -> str:
     """FILE:LINE of the code that read the key: the first frame outside params, this module and pydantic."""
-    frame = sys._getframe(2)
+    frame = sys._getframe(1)
     while frame is not None:
         path = Path(frame.f_code.co_filename)
         if path.resolve() not in _PASSING_ON and "pydantic" not in path.parts:
