@@ -11,9 +11,9 @@ run of a stage through pipeline.registry.run_stage (the CLI's, each test's) catc
 The view is a Params whose sections are subclasses of theirs (ParamsView, TrainView, ...): library
 code that takes a Params or a section takes a view unchanged, isinstance holds, a pydantic field
 typed Model accepts one as it is, and model_copy keeps the guard. A read of an undeclared field
-raises, by attribute or by a dump (model_dump, section(), as_dict(), dict(), ==) of a section that
-holds one; repr shows the declared fields alone. The error is no AttributeError, which getattr
-with a default or hasattr would swallow.
+raises, by attribute or by a dump (model_dump, section(), as_dict(), dict(), ==, hash) of a
+section that holds one; repr shows the declared fields alone. The error is no AttributeError,
+which getattr with a default or hasattr would swallow.
 
 Only the registry imports this module, so it is in no stage's code deps: it changes no output, it
 only refuses a read.
