@@ -273,12 +273,12 @@ def _entries(extra: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any
         if not isinstance(spec, dict):
             raise PipelineError(f"cost.extra_hardware.{name} must be a mapping of fields "
                                 f"(see pipeline/cost/hardware.yaml), not {type(spec).__name__}")
-        if name not in entries and spec.get("device") is not None and spec["device"] not in packaged.devices:
-            raise PipelineError(f"cost.extra_hardware.{name}.device: no device {spec['device']!r} in "
+        device = spec.get("device")
+        new_offer = name not in entries and device is not None
+        if new_offer and not (isinstance(device, str) and device in packaged.devices):
+            raise PipelineError(f"cost.extra_hardware.{name}.device: no device {device!r} in "
                                 f"{CATALOG_FILE.name}; known: {', '.join(packaged.devices)}")
-        rents = packaged.devices.get(spec.get("device"))
-        new_offer = name not in entries and rents
-        entries[name] = _offer_entry(spec, rents) if new_offer else {**entries.get(name, {}), **spec}
+        entries[name] = _offer_entry(spec, packaged.devices[device]) if new_offer else {**entries.get(name, {}), **spec}
     return {name: _cited(entry, name, packaged.sources) for name, entry in entries.items()}
 
 
@@ -289,7 +289,7 @@ def _cited(entry: dict[str, Any], name: str, shared: dict[str, str]) -> dict[str
     if not isinstance(sources, dict):  # left for validation to name
         return entry
     own = {"{name}": name, "{instance}": str(entry.get("instance"))}
-    return {**entry, "sources": {key: _filled(shared[text], own) if text in shared else text
+    return {**entry, "sources": {key: _filled(shared[text], own) if isinstance(text, str) and text in shared else text
                                  for key, text in sources.items()}}
 
 
