@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pipeline.cost.report import CostReport
-from pipeline.cost.budget import GUARD_FIRST_STEPS, BudgetGuard
+from pipeline.cost.budget import GUARD_FIRST_STEPS, BudgetGuard, gate_refusal, tokens_to_train
 from trainkit import DEMO_FILES, report, run_cli, tiny_sets
 
 import recordkit
@@ -123,3 +123,17 @@ def test_what_the_forecasts_pilots_spent_counts_while_training(demo_tokens, tmp_
     guard = report(tmp_path)["budget_guard"]
     assert guard["pilots"]["usd"] == pytest.approx(pilots_usd) and guard["over"] == ["usd"]
     assert budget < guard["projected"]["usd"] and guard["projected"]["usd"] - pilots_usd < budget  # the run alone fits
+
+
+def test_the_gate_offers_the_tokens_that_fit_what_the_pilots_left(demo_tokens):
+    """$15 held against $10: the pilots spent $5 whatever the run does, so half the run's $10 fits
+    (not 10/15 of it, as if the pilots shrank with the tokens)."""
+    params = demo_tokens.params.model_copy(update={"cost": demo_tokens.params.cost.model_copy(update={"budget_usd": 10.0}),
+                                                   "train": demo_tokens.params.train.model_copy(
+                                                       update={"max_steps": 1000, "max_tokens": None})})
+    planned = tokens_to_train(params)
+    figures = {"usd": 15.0, "hours": 1.0, "kwh": 0.1, "usd_basis": "on demand"}
+    message = gate_refusal(params, figures, ["usd"], device="cpu", alternatives=[], spot_usd=None, cost_md="cost.md",
+                           pilots={"usd": 5.0, "hours": 0.5, "kwh": 0.05})
+    half = planned // 2 // params.train.tokens_per_step * params.train.tokens_per_step
+    assert f"train.max_tokens: {half} fits" in message

@@ -63,8 +63,10 @@ def over_budget(cost: Cost, figures: dict[str, Any]) -> list[str]:
 
 
 def gate_refusal(params: Params, figures: dict[str, Any], over: list[str], *, device: str,
-                 alternatives: list[dict[str, Any]], spot_usd: float | None, cost_md: str) -> str | None:
+                 alternatives: list[dict[str, Any]], spot_usd: float | None, cost_md: str,
+                 pilots: dict[str, float]) -> str | None:
     """The message that stops the pipeline over budget, or None when the run may go ahead.
+    figures: the run's with the forecast's pilots (`pilots`, spent whatever the run does);
     alternatives: the what-if rows of other devices at this scale; spot_usd: this run at the
     device's spot price, where it is rented on demand and has one."""
     if not over or params.cost.override_budget:
@@ -72,8 +74,10 @@ def gate_refusal(params: Params, figures: dict[str, Any], over: list[str], *, de
     budget = limits(params.cost)
     names = {k: f"cost.budget_{k}" for k in UNITS}
     broken = "; ".join(" > {} ".join(_side_by_side(figures[k], budget[k], UNITS[k])).format(names[k]) for k in over)
-    fewer = affordable_tokens(tokens_to_train(params), figures, {k: budget[k] for k in over},
-                              params.train.tokens_per_step)
+    # the tokens that fit what the pilots left of the budget
+    left = {k: budget[k] - pilots[k] for k in over}
+    run = {k: figures[k] - pilots[k] for k in UNITS}
+    fewer = affordable_tokens(tokens_to_train(params), run, left, params.train.tokens_per_step)
     options = [f"fewer tokens (train.max_tokens: {fewer} fits)" if fewer > 0 else "far fewer tokens",
                "a smaller model"]
     cheaper = [f"{r['device']} ({fmt(r['hours'], 'h')}, {fmt(r['usd'], '$')}, {r['pricing']})"

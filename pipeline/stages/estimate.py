@@ -60,7 +60,7 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, cost: Path
         plan=fit.plan.as_dict(), sources=device.sources, detected=getattr(device, "detected", None),
         provenance=provenance.record(declared_params("estimate", params)),
     )
-    refusal = _refusal(params, device, fit, held, over, what_if, spot, str(cost_md))
+    refusal = _refusal(params, device, fit, held, over, what_if, spot, str(cost_md), budget.pilots_spent(report))
     write_text(cost_md, render_markdown(report, what_if, refusal))
     print(render_terminal(report, what_if), *params.auto_notes(), sep="\n")  # the lr train will use, and why
     if refusal:
@@ -104,7 +104,7 @@ def _check_settings(params: Params, device: Device) -> None:
 
 
 def _refusal(params: Params, device: Device, fit: Fit, figures: dict, over: list[str], what_if: list[dict],
-             spot: dict | None, cost_md: str) -> str | None:
+             spot: dict | None, cost_md: str, pilots: dict[str, float]) -> str | None:
     """The one message that stops the pipeline: no plan fits, or over budget (the gate)."""
     if not fit.fits:
         roomy = [r["device"] for r in what_if if r["scale"] == 1 and r["fits"]]
@@ -117,4 +117,4 @@ def _refusal(params: Params, device: Device, fit: Fit, figures: dict, over: list
     offer_spot = spot and params.cost.pricing == "on_demand" and params.cost.usd_per_hour is None  # with its reclaims
     spot_usd = spot["usd_spot_with_reclaims"] if offer_spot else None
     others = [r for r in what_if if r["scale"] == 1 and r["device"] != device.name]
-    return budget.gate_refusal(params, figures, over, device=device.name, alternatives=others, spot_usd=spot_usd, cost_md=cost_md)
+    return budget.gate_refusal(params, figures, over, device=device.name, alternatives=others, spot_usd=spot_usd, cost_md=cost_md, pilots=pilots)
