@@ -1,4 +1,5 @@
-"""The two drivers declare one DAG: dvc.yaml is generated from the registry and current, and
+"""The two drivers declare one DAG: dvc.yaml and rules/stages.smk are generated from the registry and
+current, and
 Snakemake's jobs have exactly DVC's commands, inputs and outputs (a directory DVC tracks whole,
 Snakemake tracks by its files)."""
 from __future__ import annotations
@@ -25,6 +26,11 @@ PARAMS = params_module.load([ROOT / "params.yaml"])
 def test_dvc_yaml_is_generated_from_the_registry():
     assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == dag.render(), \
         "dvc.yaml is stale: run `python -m pipeline dag`"
+
+
+def test_snakemake_rules_are_generated_from_the_registry():
+    assert (ROOT / dag.RULES_FILE).read_text(encoding="utf-8") == dag.render_rules(), \
+        "rules/stages.smk is stale: run `python -m pipeline dag`"
 
 
 def test_every_stage_module_and_dep_exists():
