@@ -1,7 +1,8 @@
 # Generated from pipeline/registry.py by `python -m pipeline dag`: edit the registry, not this file.
-# Before each stage's rule, its STAGE_params rule writes the values the stage reads (logs/params/STAGE.yaml); its
-# params are those values, so a changed one reruns it and then the stage. A stage whose output a
-# later stage reads by content is a checkpoint. See the Snakefile's docstring.
+# Before each stage's rule, its STAGE_params rule writes the values the stage reads
+# (logs/params/STAGE.yaml); its params are those values, so a changed one reruns it and then the
+# stage. A stage whose output a later stage reads by content is a checkpoint. PARAMS, paths,
+# THREADS, after() and write_values() come from the Snakefile. See its docstring.
 
 
 rule clean_params:
@@ -88,7 +89,11 @@ rule tokenize:
         clean=paths.clean,
     output:
         tokenizer=[f"{paths.tokenizer}/tokenizer.json", f"{paths.tokenizer}/tokenizer_config.json"],
-        tokens=[f"{paths.tokens}/train.bin", f"{paths.tokens}/val.bin", f"{paths.tokens}/manifest.json"],
+        tokens=[
+            f"{paths.tokens}/train.bin",
+            f"{paths.tokens}/val.bin",
+            f"{paths.tokens}/manifest.json",
+        ],
     log:
         job="logs/tokenize.log",
     threads: THREADS
@@ -163,7 +168,11 @@ checkpoint estimate:
             "pipeline/model/rotary.py",
             "pipeline/cost/hardware.yaml",
         ],
-        tokens=[f"{paths.tokens}/train.bin", f"{paths.tokens}/val.bin", f"{paths.tokens}/manifest.json"],
+        tokens=[
+            f"{paths.tokens}/train.bin",
+            f"{paths.tokens}/val.bin",
+            f"{paths.tokens}/manifest.json",
+        ],
         tokenizer=[f"{paths.tokenizer}/tokenizer.json", f"{paths.tokenizer}/tokenizer_config.json"],
     output:
         plan=f"{paths.reports}/plan.json",
@@ -249,11 +258,21 @@ checkpoint train:
             "pipeline/model/architectures/qwen3.py",
             "pipeline/model/rotary.py",
         ],
-        tokens=[f"{paths.tokens}/train.bin", f"{paths.tokens}/val.bin", f"{paths.tokens}/manifest.json"],
+        tokens=[
+            f"{paths.tokens}/train.bin",
+            f"{paths.tokens}/val.bin",
+            f"{paths.tokens}/manifest.json",
+        ],
         tokenizer=[f"{paths.tokenizer}/tokenizer.json", f"{paths.tokenizer}/tokenizer_config.json"],
         plan=after(checkpoints.estimate, f"{paths.reports}/plan.json"),
     output:
-        model=[f"{paths.model}/config.json", f"{paths.model}/generation_config.json", f"{paths.model}/model.safetensors", f"{paths.model}/tokenizer.json", f"{paths.model}/tokenizer_config.json"],
+        model=[
+            f"{paths.model}/config.json",
+            f"{paths.model}/generation_config.json",
+            f"{paths.model}/model.safetensors",
+            f"{paths.model}/tokenizer.json",
+            f"{paths.model}/tokenizer_config.json",
+        ],
         train_live=directory(f"{paths.reports}/train_live"),
         train_report=f"{paths.reports}/train.json",
     log:
@@ -327,14 +346,26 @@ rule evaluate:
             "pipeline/model/architectures/qwen3.py",
             "pipeline/model/rotary.py",
         ],
-        tokens=[f"{paths.tokens}/train.bin", f"{paths.tokens}/val.bin", f"{paths.tokens}/manifest.json"],
+        tokens=[
+            f"{paths.tokens}/train.bin",
+            f"{paths.tokens}/val.bin",
+            f"{paths.tokens}/manifest.json",
+        ],
         tokenizer=[f"{paths.tokenizer}/tokenizer.json", f"{paths.tokenizer}/tokenizer_config.json"],
         eval_data=PARAMS.eval_files(),
         train_report=after(checkpoints.train, f"{paths.reports}/train.json"),
     output:
         samples_md=f"{paths.reports}/samples.md",
         summary_md=f"{paths.reports}/summary.md",
-        plots_dir=[f"{paths.reports}/plots/loss.png", f"{paths.reports}/plots/loss_train.csv", f"{paths.reports}/plots/loss_val.csv", f"{paths.reports}/plots/checkpoints.png", f"{paths.reports}/plots/checkpoints.csv", f"{paths.reports}/plots/estimate_vs_actual.png", f"{paths.reports}/plots/estimate_vs_actual.csv"],
+        plots_dir=[
+            f"{paths.reports}/plots/loss.png",
+            f"{paths.reports}/plots/loss_train.csv",
+            f"{paths.reports}/plots/loss_val.csv",
+            f"{paths.reports}/plots/checkpoints.png",
+            f"{paths.reports}/plots/checkpoints.csv",
+            f"{paths.reports}/plots/estimate_vs_actual.png",
+            f"{paths.reports}/plots/estimate_vs_actual.csv",
+        ],
         eval_report=f"{paths.reports}/eval.json",
         metrics=f"{paths.reports}/metrics.json",
     log:

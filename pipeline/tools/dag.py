@@ -83,9 +83,10 @@ def render() -> str:
 
 VALUES_FILE = "logs/params/{stage}.yaml"
 RULES_HEADER = HEADER + """\
-# Before each stage's rule, its STAGE_params rule writes the values the stage reads (logs/params/STAGE.yaml); its
-# params are those values, so a changed one reruns it and then the stage. A stage whose output a
-# later stage reads by content is a checkpoint. See the Snakefile's docstring.
+# Before each stage's rule, its STAGE_params rule writes the values the stage reads
+# (logs/params/STAGE.yaml); its params are those values, so a changed one reruns it and then the
+# stage. A stage whose output a later stage reads by content is a checkpoint. PARAMS, paths,
+# THREADS, after() and write_values() come from the Snakefile. See its docstring.
 """
 
 
@@ -96,11 +97,18 @@ def _path(template: str) -> str:
     return 'f"' + re.sub(r"\{(\w+)\}", r"{paths.\1}", template) + '"'
 
 
+def _list(entries: list[str]) -> str:
+    """A list in a rule's section: one entry a line where it is longer than two."""
+    if len(entries) <= 2:
+        return "[" + ", ".join(entries) + "]"
+    return "[\n" + "".join(f"            {entry},\n" for entry in entries) + "        ]"
+
+
 def _paths(artifact: Artifact) -> str:
     """The files a file-tracking driver declares: the file, or a directory's named files."""
     if not artifact.files:
         return _path(artifact.template)
-    return "[" + ", ".join(_path(f"{artifact.template}/{name}") for name in artifact.files) + "]"
+    return _list([_path(f"{artifact.template}/{name}") for name in artifact.files])
 
 
 def _producer(artifact: Artifact) -> Stage:
@@ -113,8 +121,8 @@ def _input(artifact: Artifact) -> str:
     if artifact is EVAL_DATA:
         return "PARAMS.eval_files()"
     if artifact.by_content:   # read once its checkpoint has run (snakemake_support.after)
-        files = _paths(artifact).strip("[]")
-        return f"after(checkpoints.{_producer(artifact).name}, {files})"
+        files = [_path(f"{artifact.template}/{name}") for name in artifact.files] or [_path(artifact.template)]
+        return f"after(checkpoints.{_producer(artifact).name}, {', '.join(files)})"
     return _paths(artifact)
 
 
@@ -144,9 +152,9 @@ def _params_rule(stage: Stage) -> list[str]:
 
 
 def _stage_rule(stage: Stage, checkpoint: bool) -> list[str]:
-    code = [d for d in stage.all_deps if d.startswith("pipeline/")]
+    code = [f'"{d}"' for d in stage.all_deps if d.startswith("pipeline/")]
     inputs = [f'values="{VALUES_FILE.format(stage=stage.name)}"',
-              "code=[\n" + "".join(f'            "{d}",\n' for d in code) + "        ]",
+              f"code={_list(code)}",
               *(f"{a.name}={_input(a)}" for a in stage.inputs)]
     logs = [f'job="logs/{stage.name}.log"',
             *(f"{a.name}={_path(a.template)}" for a in stage.outputs if a.kept_on_failure)]
