@@ -184,6 +184,7 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
     import torch.nn.functional as F
     from accelerate import Accelerator
 
+    from pipeline.cost import calibration
     from pipeline.cost.budget import BudgetGuard
     from pipeline.data.tokens import load
     from pipeline.engine.plan import setup_for
@@ -196,7 +197,8 @@ def run_ab(params, data: Path, warmup: int, steps: int) -> dict:
     setup = setup_for(params, write_plan(params), "cpu", 1)
     outputs = {k: paths[k] for k in ("model", "train_live", "checkpoints", "train_report")}
     # no tokenizer: it is only saved with the final model, and these steps never finish a run
-    stage = Trainer(params, setup, accelerator, manifest, paths["tokens"], None, outputs, BudgetGuard(None, 0))
+    stage = Trainer(params, setup, accelerator, manifest, paths["tokens"], None, outputs, BudgetGuard(None, 0),
+                    remember=calibration.remember)
     model, optimizer = stage.training.raw, stage.training.optimizer
     x, y = stage.windows.batch(0, 0, 0, 1, setup.micro_batch_size)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[setup.precision]

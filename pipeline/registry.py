@@ -3,7 +3,8 @@ includes) are generated from it (`python -m pipeline dag`), so the two drivers c
 
 Paths are templates over params.paths: "{tokens}/train.bin". `params` lists exactly the keys a
 stage reads, so changing a key reruns that stage and what follows, and nothing else (DVC: the
-stage's `params` in dvc.yaml; Snakemake: its STAGE_params rule, see the Snakefile).
+stage's `params` in dvc.yaml; Snakemake: its STAGE_params rule, see the Snakefile). A stage sees
+those keys alone (run_stage, pipeline/core/view.py): a read of any other raises at once, naming it.
 tests/test_declared_params.py runs the stages and fails on a key one reads but does not declare.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from pipeline.core.params import Params, Paths
+from pipeline.core.view import view
 from pipeline.reports.plots import FILES as PLOT_FILES
 from pipeline.data.tokens import MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE
 
@@ -293,12 +295,14 @@ def paths_for(stage: Stage, params: Params) -> dict[str, Path]:
 
 def run_stage(name: str, params: Params, **paths: Path) -> Any:
     """Run one stage in this process with its resolved paths (some may be given instead): what
-    the CLI does, and what tests call."""
+    the CLI does, and what tests call. The stage sees its declared params alone: a read of any
+    other key raises (pipeline/core/view.py)."""
     import importlib
 
     stage = by_name(name)
     module = importlib.import_module(stage.entry_point)
-    return module.run(params, **{**paths_for(stage, params), **paths})
+    seen = view(params, name, stage.params)
+    return module.run(seen, **{**paths_for(stage, seen), **paths})
 
 
 def params_of(stage: Stage, params: Params) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def test_a_bf16_plan_on_a_gpu_without_native_bf16_is_a_problem(tmp_path, monkeyp
     params = load(DEFAULT, tmp_path, "cost.hardware=rtx2050-laptop-4gb", "cost.pricing=owned")
     report = doctor.run(params, find_cuda=fake_gpu(monkeypatch))
     assert any("bf16" in p and "no native bf16" in p for p in report.problems)
-    assert any("looks like catalog entry t4-16gb" in w for w in report.warnings)
+    assert any("looks like catalog device nvidia-t4" in w and "cost.hardware: t4-16gb" in w for w in report.warnings)
 
 
 def test_a_gpu_smaller_than_cost_hardware_is_a_problem_when_the_plan_does_not_fit(tmp_path, monkeypatch):
@@ -186,37 +186,61 @@ def test_a_cpu_target_on_a_gpu_machine_says_what_to_set(tmp_path, monkeypatch):
     assert ready.exit_code == 0
 
 
-CATALOG_GPU_NAMES = [(name, entry) for entry, gpu in hardware.gpus().items() for name in gpu.gpu_names]
+def catalog_gpus() -> dict[str, tuple[str, list[str]]]:
+    """Each name a driver reports for a catalog GPU: its device and the entries that rent it."""
+    gpus: dict[str, tuple[str, list[str]]] = {}
+    for entry, gpu in hardware.gpus().items():
+        for name in gpu.gpu_names:
+            gpus.setdefault(name, (gpu.chip, []))[1].append(entry)
+    return gpus
 
 
 def test_every_catalog_gpu_is_known_by_a_name():
-    assert {entry for _, entry in CATALOG_GPU_NAMES} == set(hardware.gpus()) and len(hardware.gpus()) >= 7
+    assert {entry for _, entries in catalog_gpus().values() for entry in entries} == set(hardware.gpus())
+    assert len(hardware.gpus()) >= 8 and catalog_gpus()["NVIDIA L4"] == ("nvidia-l4", ["l4-24gb", "l4-24gb-gcp"])
 
 
-@pytest.mark.parametrize("name,entry", CATALOG_GPU_NAMES)
-def test_doctor_knows_each_catalog_gpu_by_the_name_its_entry_lists(tmp_path, monkeypatch, name, entry):
+@pytest.mark.parametrize("name,device,entries", [(name, *known) for name, known in catalog_gpus().items()])
+def test_doctor_knows_each_catalog_gpu_by_a_name_its_device_lists(tmp_path, monkeypatch, name, device, entries):
     report = doctor.run(load(DEFAULT, tmp_path), find_cuda=fake_gpu(monkeypatch, name=name))
-    assert f"cuda:0 {name} is catalog entry {entry}" in report.sections["cuda"]
-    # the warning names the GPU's entry unless it is cost.hardware's own
-    assert (f"looks like catalog entry {entry}" in " ".join(report.warnings)) == (entry != "t4-16gb")
+    assert f"cuda:0 {name} is catalog device {device}, cost.hardware {' or '.join(entries)}" in report.sections["cuda"]
+    # the warning names the GPU's entries unless cost.hardware (t4-16gb) is one of them
+    assert (f"looks like catalog device {device}" in " ".join(report.warnings)) == ("t4-16gb" not in entries)
 
 
-@pytest.mark.parametrize("name,entry", [
-    ("tesla  t4", "t4-16gb"), ("NVIDIA A100 80GB PCIe", "a100-80gb"), ("NVIDIA L40S", None), ("NVIDIA H100 PCIe", None),
-    ("NVIDIA H200", None), ("NVIDIA GeForce RTX 4090", None)])
-def test_a_gpu_is_known_by_its_whole_name_case_and_spacing_aside(name, entry):
-    assert hardware.gpu_entry(name) == entry
+@pytest.mark.parametrize("hardware_name", ["l4-24gb", "l4-24gb-gcp"])
+def test_an_l4_is_recognized_under_either_offer(tmp_path, monkeypatch, hardware_name):
+    l4 = fake_gpu(monkeypatch, name="NVIDIA L4", capability=(8, 9), total_gib=22.5, free_gib=22.0)
+    report = doctor.run(load(DEFAULT, tmp_path, f"cost.hardware={hardware_name}"), find_cuda=l4)
+    assert "cuda:0 NVIDIA L4 is catalog device nvidia-l4, cost.hardware l4-24gb or l4-24gb-gcp" in report.sections["cuda"]
+    assert not [w for w in report.warnings if "looks like" in w] and report.exit_code == 0, report.text()
+    elsewhere = doctor.run(load(DEFAULT, tmp_path), find_cuda=l4)   # cost.hardware: t4-16gb
+    assert any("looks like catalog device nvidia-l4, but cost.hardware is t4-16gb" in w
+               and "set cost.hardware: l4-24gb or l4-24gb-gcp" in w for w in elsewhere.warnings)
+
+
+@pytest.mark.parametrize("name,entries", [
+    ("tesla  t4", ["t4-16gb"]), ("NVIDIA A100 80GB PCIe", ["a100-80gb"]), ("nvidia l4", ["l4-24gb", "l4-24gb-gcp"]),
+    ("NVIDIA L40S", []), ("NVIDIA H100 PCIe", []), ("NVIDIA H200", []), ("NVIDIA GeForce RTX 4090", [])])
+def test_a_gpu_is_known_by_its_whole_name_case_and_spacing_aside(name, entries):
+    assert list(hardware.gpu_offers(name)) == entries
 
 
 def test_a_gpu_no_entry_names_says_how_to_add_one(tmp_path, monkeypatch):
     report = doctor.run(load(DEFAULT, tmp_path), find_cuda=fake_gpu(monkeypatch, name="NVIDIA H200"))
-    assert any("NVIDIA H200 is no catalog entry" in line and "gpu_names" in line for line in report.sections["cuda"])
+    assert any("NVIDIA H200 is no catalog device" in line and "gpu_names" in line for line in report.sections["cuda"])
 
 
 def test_extra_hardware_names_a_gpu_for_doctor(tmp_path, monkeypatch):
     params = load(DEFAULT, tmp_path, "cost.extra_hardware={t4-16gb: {gpu_names: [NVIDIA H200]}}")
     report = doctor.run(params, find_cuda=fake_gpu(monkeypatch, name="NVIDIA H200"))
-    assert "cuda:0 NVIDIA H200 is catalog entry t4-16gb" in report.sections["cuda"]
+    assert "cuda:0 NVIDIA H200 is catalog device nvidia-t4, cost.hardware t4-16gb" in report.sections["cuda"]
+
+
+def test_an_offer_added_in_params_joins_its_device(tmp_path, monkeypatch):
+    azure = "{t4-azure: {device: nvidia-t4, cloud: Azure, instance: NC4as_T4_v3, usd_per_hour_on_demand: 0.53}}"
+    report = doctor.run(load(DEFAULT, tmp_path, f"cost.extra_hardware={azure}"), find_cuda=fake_gpu(monkeypatch))
+    assert "cuda:0 Tesla T4 is catalog device nvidia-t4, cost.hardware t4-16gb or t4-azure" in report.sections["cuda"]
 
 
 @pytest.mark.parametrize("capability,archs,supported", [

@@ -11,7 +11,9 @@ from pipeline.core import params as params_module
 from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRED = ["cpu", "rtx2050-laptop-4gb", "t4-16gb", "l4-24gb", "a10g-24gb", "a100-40gb", "a100-80gb", "h100-80gb"]
+# every name cost.hardware took before the catalog kept devices apart from their offers, and the L4 on Google Cloud
+REQUIRED = ["cpu", "rtx2050-laptop-4gb", "t4-16gb", "l4-24gb", "a10g-24gb", "a100-40gb", "a100-80gb", "h100-80gb",
+            "l4-24gb-gcp"]
 SOURCED = ["memory_gib", "memory_bandwidth_gbps", "peak_tflops", "bf16_native", "power_watts", "mfu_default"]
 
 
@@ -108,12 +110,67 @@ def test_bad_extra_hardware_names_each_field():
     assert "cost.extra_hardware.t4-16gb.mfu_default" in message
 
 
-def test_gpu_names_belong_to_gpus_one_entry_each():
+def test_gpu_names_belong_to_gpus_one_device_each():
     with pytest.raises(PipelineError, match=r"cost.extra_hardware.cpu.gpu_names: a cpu entry is no GPU: remove"):
         hardware.catalog({"cpu": {"gpu_names": ["Tesla T4"]}})
-    with pytest.raises(PipelineError, match=r"gpu_names: 'tesla t4' in t4-16gb and l4-24gb: list each name"):
+    with pytest.raises(PipelineError, match=r"gpu_names: 'tesla t4' in nvidia-l4 and nvidia-t4: list each name"):
         hardware.gpus({"l4-24gb": {"gpu_names": ["NVIDIA L4", "TESLA  T4"]}})
-    assert hardware.gpu_entry("NVIDIA L4", {"l4-24gb": {"gpu_names": ["NVIDIA L4 (our name)"]}}) is None
+    renamed = {name: {"gpu_names": ["NVIDIA L4 (our name)"]} for name in ("l4-24gb", "l4-24gb-gcp")}
+    assert hardware.gpu_offers("NVIDIA L4", renamed) == {}
+
+
+def test_a_gpu_is_known_by_the_offer_cost_hardware_names():
+    assert hardware.gpu_entry("NVIDIA L4", prefer="l4-24gb-gcp") == "l4-24gb-gcp"
+    assert hardware.gpu_entry("NVIDIA L4", prefer="t4-16gb") == "l4-24gb"   # not this GPU's: its first offer
+    assert hardware.gpu_entry("NVIDIA L40S", prefer="t4-16gb") is None
+
+
+def test_two_offers_of_one_device_share_its_specs_and_keep_their_own_prices():
+    devices = hardware.catalog()
+    aws, gcp = devices["l4-24gb"], devices["l4-24gb-gcp"]
+    assert aws.chip == gcp.chip == "nvidia-l4" and (aws.cloud, gcp.cloud) == ("AWS", "Google Cloud")
+    for spec in ("description", "memory_bytes", "peak_flops", "bf16_native", "mfu_default", "gpu_names",
+                 "usd_per_hour_colab"):
+        assert getattr(aws, spec) == getattr(gcp, spec), spec
+    assert (aws.usd_per_hour("on_demand"), gcp.usd_per_hour("on_demand")) == (0.8048, 0.7068)
+    assert aws.usd_per_hour("spot") == 0.32 and gcp.usd_per_hour("spot") is None
+    assert "g2-standard-4" in gcp.sources["usd_per_hour_on_demand"] and "g6.xlarge" in aws.sources["usd_per_hour_on_demand"]
+    assert gcp.sources["peak_tflops"] == aws.sources["peak_tflops"]
+
+
+def test_a_source_is_written_once_and_cited_by_key():
+    text = hardware.CATALOG_FILE.read_text()
+    cited = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("      ") and ": " in line]
+    prose = [c for c in cited if c.startswith('"')]
+    assert len(prose) == len(set(prose)), sorted(c for c in prose if prose.count(c) > 1)
+    devices = hardware.catalog()
+    # a shared text names the entry that cites it where it tells the user what to set
+    reclaims = devices["a10g-24gb"].sources["spot_reclaims_per_month"]
+    assert "for g5.xlarge:" in reclaims and "cost.extra_hardware.a10g-24gb.spot_reclaims_per_month" in reclaims
+    assert devices["t4-16gb"].sources["runtime_overhead_gib"] == devices["h100-80gb"].sources["runtime_overhead_gib"]
+
+
+@pytest.mark.parametrize("devices,offers,problem", [
+    ({"gpu": {"usd_per_hour_spot": 1.0}}, {}, "devices.gpu.usd_per_hour_spot belongs to an offer"),
+    ({"gpu": {}}, {"rent": {"device": "gpu", "memory_gib": 8}}, "offers.rent.memory_gib belongs to its device"),
+    ({"gpu": {}}, {"rent": {"device": "gpv"}}, "offers.rent.device 'gpv' is no entry of devices"),
+    ({"gpu": {}}, {"gpu": {"device": "gpu"}}, "gpu is both a device and an offer"),
+    ({"gpu": {"sources": {"power_watts": "datasheet-x"}}}, {}, "devices.gpu.sources.power_watts: no source 'datasheet-x'"),
+])
+def test_the_catalog_layout_is_checked(devices, offers, problem):
+    assert any(problem in p for p in hardware._layout_problems(devices, offers, {"cuda-overhead": "text"}))
+
+
+def test_an_offer_from_params_rents_a_catalog_device():
+    offer = {"device": "nvidia-t4", "cloud": "Azure", "instance": "NC4as_T4_v3", "usd_per_hour_on_demand": 0.53,
+             "sources": {"usd_per_hour_on_demand": "my invoice"}}
+    azure = hardware.catalog({"t4-azure": offer})["t4-azure"]
+    assert azure.chip == "nvidia-t4" and azure.peak_flops["fp16"] == 65e12 and azure.usd_per_hour("on_demand") == 0.53
+    assert azure.usd_per_hour("spot") is None and azure.sources["usd_per_hour_on_demand"] == "my invoice"
+    assert azure.sources["peak_tflops"].startswith("NVIDIA T4 Tensor Core GPU datasheet")
+    assert list(hardware.gpu_offers("Tesla T4", {"t4-azure": offer})) == ["t4-16gb", "t4-azure"]
+    with pytest.raises(PipelineError, match=r"cost.extra_hardware.t4-azure.device: no device 'nvidia-t5'"):
+        hardware.catalog({"t4-azure": {**offer, "device": "nvidia-t5"}})
 
 
 def test_extra_hardware_entry_must_be_a_mapping():

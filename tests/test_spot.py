@@ -124,5 +124,5 @@ def test_every_spot_price_in_the_catalog_has_its_reclaims_and_their_sources():
         assert "Spot" in device.sources["spot_reclaims_per_month"] and device.sources["spot_restart_minutes"], name
     assert set(hardware.storage().sources) == {"disk_write_mb_per_s", "bucket_mb_per_s"}
     with pytest.raises(PipelineError, match=r"extra_hardware.my-gpu: a spot price needs spot_reclaims_per_month"):
-        entry = {k: v for k, v in hardware._packaged()[0]["t4-16gb"].items() if k != "spot_reclaims_per_month"}
+        entry = {k: v for k, v in hardware._entries(None)["t4-16gb"].items() if k != "spot_reclaims_per_month"}
         hardware.catalog({"my-gpu": entry})

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.registry import run_stage
 from pipeline.engine import checkpoint as ckpt
-from pipeline.cost import hardware
+from pipeline.cost import calibration, hardware
 from pipeline.cost import planner as planning
 from pipeline.engine import step
 from pipeline.engine import trainer as train
@@ -22,7 +22,8 @@ from pipeline.engine import training
 from pipeline.data.batches import TrainWindows, stack_windows, val_starts
 from pipeline.core.errors import PipelineError
 from pipeline.model.build import count_parameters
-from pipeline.data.tokens import read_tokens
+from pipeline.data.tokens import load as load_manifest, read_tokens
+from pipeline.engine.identity import run_id
 from trainkit import ROOT, cli, env, final_weights, manifest, max_difference, report, run_cli, tiny_params, train_losses
 
 
@@ -67,6 +68,20 @@ def test_learns_well_below_the_unigram_entropy_and_writes_every_output(demo_toke
     # as Hugging Face users load it: generate() with the KV cache, the context as the tokenizer's limit
     assert model.config.use_cache is True
     assert tokenizer.model_max_length == 64 and tokenizer.truncation_side == "left"
+
+
+def test_the_stage_hands_the_loop_where_its_measured_speed_is_kept(demo_tokens, tmp_path, monkeypatch):
+    """The loop knows calibration only as the `remember` the train stage hands it: the engine
+    never imports cost (tests/test_layout.py)."""
+    params = tiny_params(demo_tokens, tmp_path, "train.max_steps=20", "train.eval_every=10")
+    monkeypatch.setenv("BUDGETGPT_CACHE_DIR", str(tmp_path / "cache"))   # the measurement kept out of other tests
+    kept, real = [], calibration.remember
+    monkeypatch.setattr(calibration, "remember", lambda key, **measured: kept.append((key, measured)) or real(key, **measured))
+    result = run_stage("train", params).as_dict()
+    [(key, measured)] = kept
+    assert key == json.loads((tmp_path / "reports" / "plan.json").read_text())["calibration_key"]
+    assert measured["run"] == run_id(params, load_manifest(params.paths.tokens, params.paths.tokenizer))
+    assert measured["mfu"] == pytest.approx(result["mfu"]) and measured["step_seconds"] > 0
 
 
 def test_micro_batch_2_x_accumulation_4_matches_8_x_1(demo_tokens, tmp_path):

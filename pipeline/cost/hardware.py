@@ -2,7 +2,13 @@
 
     device = get_device(params.cost)       # the target of the run
     devices = catalog(params.cost.extra_hardware)
-    gpu_entry("Tesla T4")                  # "t4-16gb": the entry listing the name a driver reports
+    gpu_offers("NVIDIA L4")                # {"l4-24gb": ..., "l4-24gb-gcp": ...}: the GPU a driver reports
+    gpu_entry("NVIDIA L4", prefer="l4-24gb-gcp")   # one of them: cost.hardware where it is one
+
+The file keeps a device (specs, the names its driver reports) apart from the offers that rent it
+(cloud, instance, prices, reclaims), and a source cited by several entries in one table. An entry
+here is what cost.hardware names: an offer with its device's fields, or a device no offer rents
+(owned); Device.chip names the device under either.
 
 An entry with `detect: true` (the packaged `cpu`) is this machine: the DETECTED fields it does not
 set come from pipeline.cost.cpuinfo when the entry is built, never at import, and Device.detected
@@ -28,6 +34,8 @@ from pipeline.core.units import GIB  # noqa: E402
 PRECISIONS = ("fp32", "fp16", "bf16")
 DETECTED = ("description", "memory_gib", "peak_tflops", "bf16_native")
 SPOT_FIELDS = ("spot_reclaims_per_month", "spot_restart_minutes")
+OFFER_FIELDS = ("cloud", "instance", "usd_per_hour_on_demand", "usd_per_hour_spot", *SPOT_FIELDS)
+NOT_RENTED = {"usd_per_hour_on_demand": None, "usd_per_hour_spot": None}  # an owned device; an offer's missing price
 
 
 class _Peak(BaseModel):
@@ -38,7 +46,7 @@ class _Peak(BaseModel):
 
 
 class _Spec(BaseModel):
-    """One catalog entry as written in YAML (human units)."""
+    """One catalog entry, an offer over its device or a device owned, in human units."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     detect: bool = False                # fill the DETECTED fields not given from this machine
@@ -65,6 +73,11 @@ class _Spec(BaseModel):
     # a cuda entry: the names the driver reports for the GPU (torch.cuda.get_device_name(),
     # nvidia-smi --query-gpu=name), by which doctor and gpu-check know it
     gpu_names: list[str] = []
+    # an offer: the device it rents (a new params entry may name one and give the offer's fields
+    # alone), the cloud and the instance type its prices are for
+    device: str | None = None
+    cloud: str | None = None
+    instance: str | None = None
 
     @field_validator("gpu_names")
     @classmethod
@@ -128,6 +141,9 @@ class Device:
     gpu_names: tuple[str, ...] = ()   # what the driver calls it (cuda entries)
     spot_reclaims_per_month: float | None = None   # where it has a spot price
     spot_restart_minutes: float | None = None
+    chip: str | None = None           # its entry under the catalog's devices: the hardware its offers share
+    cloud: str | None = None          # an offer's: where its prices are for
+    instance: str | None = None
 
     def mfu(self, precision: str) -> float:
         """The catalog's assumed MFU of a run in `precision` (model FLOPs over that precision's peak)."""
@@ -163,24 +179,34 @@ def get_device(cost: Cost) -> Device:
 
 def gpus(extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Device]:
     """The CUDA entries, without building the `cpu` entry (which measures this machine). A GPU
-    name two entries list is refused: the driver's name must say which entry a GPU is."""
+    name two devices list is refused: the driver's name must say which device a GPU is (the
+    offers of one device share its names)."""
     devices = _build({name: e for name, e in _entries(extra).items() if e.get("kind") == "cuda"}, extra)
-    listed: dict[str, list[str]] = {}
-    for name, device in devices.items():
+    listed: dict[str, set[str]] = {}
+    for device in devices.values():
         for gpu_name in device.gpu_names:
-            listed.setdefault(_normalized(gpu_name), []).append(name)
-    shared = [f"{gpu_name!r} in {' and '.join(names)}" for gpu_name, names in listed.items() if len(names) > 1]
+            listed.setdefault(_normalized(gpu_name), set()).add(device.chip)
+    shared = [f"{gpu_name!r} in {' and '.join(sorted(chips))}" for gpu_name, chips in listed.items() if len(chips) > 1]
     if shared:
-        raise PipelineError(f"gpu_names: {'; '.join(shared)}: list each name the driver reports under one entry")
+        raise PipelineError(f"gpu_names: {'; '.join(shared)}: list each name the driver reports under one device")
     return devices
 
 
-def gpu_entry(reported: str, extra: dict[str, dict[str, Any]] | None = None) -> str | None:
-    """The CUDA entry whose gpu_names hold `reported`, the name the driver gives a GPU (case and
-    spacing aside), or None."""
+def gpu_offers(reported: str, extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Device]:
+    """The entries cost.hardware may name for the GPU the driver calls `reported` (case and spacing
+    aside), by name: every offer of its device, or the device where no offer rents it; {} when no
+    device lists the name."""
     wanted = _normalized(reported)
-    return next((name for name, device in gpus(extra).items()
-                 if wanted in {_normalized(gpu_name) for gpu_name in device.gpu_names}), None)
+    return {name: device for name, device in gpus(extra).items()
+            if wanted in {_normalized(n) for n in device.gpu_names}}
+
+
+def gpu_entry(reported: str, extra: dict[str, dict[str, Any]] | None = None, *,
+              prefer: str | None = None) -> str | None:
+    """The entry a GPU is known by: `prefer` (cost.hardware) where it is an offer of the GPU's device,
+    else its first (the offers of one device share its specs); None for a GPU no device lists."""
+    offers = gpu_offers(reported, extra)
+    return prefer if prefer in offers else next(iter(offers), None)
 
 
 def _normalized(gpu_name: str) -> str:
@@ -189,31 +215,93 @@ def _normalized(gpu_name: str) -> str:
 
 def storage() -> Storage:
     """The catalog's disk and bucket bandwidths, with their sources."""
-    spec = _packaged()[2]
+    spec = _packaged().storage
     return Storage(disk_write_bytes_per_s=spec.disk_write_mb_per_s * 1e6, bucket_bytes_per_s=spec.bucket_mb_per_s * 1e6,
                    sources=dict(spec.sources))
 
 
+@dataclass(frozen=True)
+class _Packaged:
+    devices: dict[str, dict[str, Any]]   # as written (a source may be a key of the shared table)
+    entries: dict[str, dict[str, Any]]   # what cost.hardware names: each offer over its device, the owned devices
+    sources: dict[str, str]              # the shared table
+    colab: _Colab
+    storage: _Storage
+
+
 @lru_cache(maxsize=1)
-def _packaged() -> tuple[dict[str, Any], _Colab, _Storage]:
+def _packaged() -> _Packaged:
     data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8"))
-    return data["devices"], _Colab.model_validate(data["colab"]), _Storage.model_validate(data["storage"])
+    shared, devices, offers = data["sources"], data["devices"], data["offers"]
+    problems = _layout_problems(devices, offers, shared)
+    if problems:
+        raise PipelineError(f"{CATALOG_FILE}: " + "; ".join(problems))
+    rented = {offer["device"] for offer in offers.values()}
+    entries = {name: _offer_entry({}, spec) for name, spec in devices.items() if name not in rented}
+    entries |= {name: _offer_entry(offer, devices[offer["device"]]) for name, offer in offers.items()}
+    return _Packaged(devices=devices, entries=entries, sources=shared, colab=_Colab.model_validate(data["colab"]),
+                     storage=_Storage.model_validate(data["storage"]))
+
+
+def _offer_entry(offer: dict[str, Any], device: dict[str, Any]) -> dict[str, Any]:
+    """An offer with its device's fields, one entry as cost.hardware names it; no offer: the device owned."""
+    return {**NOT_RENTED, **device, **offer, "sources": {**device.get("sources", {}), **offer.get("sources", {})}}
+
+
+def _layout_problems(devices: dict[str, Any], offers: dict[str, Any], shared: dict[str, str]) -> list[str]:
+    """What breaks the split: an offer's field on a device or the reverse, an offer of no device, a
+    name both a device and an offer, a source key the shared table lacks."""
+    problems = [f"devices.{name}.{key} belongs to an offer" for name, spec in devices.items()
+                for key in spec if key in OFFER_FIELDS or key == "device"]
+    problems += [f"offers.{name}.{key} belongs to its device" for name, offer in offers.items()
+                 for key in offer if key not in (*OFFER_FIELDS, "device", "sources")]
+    problems += [f"offers.{name}.device {offer.get('device')!r} is no entry of devices"
+                 for name, offer in offers.items() if offer.get("device") not in devices]
+    problems += [f"{name} is both a device and an offer" for name in devices if name in offers]
+    problems += [f"{part}.{name}.sources.{key}: no source {text!r} in the sources table" for part, table in
+                 (("devices", devices), ("offers", offers)) for name, spec in table.items()
+                 for key, text in spec.get("sources", {}).items() if len(text.split()) == 1 and text not in shared]
+    return problems
 
 
 def _entries(extra: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    """The packaged entries with params' merged over them, still unvalidated."""
-    entries = {name: dict(spec) for name, spec in _packaged()[0].items()}
+    """The packaged entries with params' merged over them (a new name that names a `device` starts
+    from that device), their cited sources written out; still unvalidated."""
+    packaged = _packaged()
+    entries = {name: dict(spec) for name, spec in packaged.entries.items()}
     for name, spec in (extra or {}).items():
         if not isinstance(spec, dict):
             raise PipelineError(f"cost.extra_hardware.{name} must be a mapping of fields "
                                 f"(see pipeline/cost/hardware.yaml), not {type(spec).__name__}")
-        entries[name] = {**entries.get(name, {}), **spec}
-    return entries
+        device = spec.get("device")
+        new_offer = name not in entries and device is not None
+        if new_offer and not (isinstance(device, str) and device in packaged.devices):
+            raise PipelineError(f"cost.extra_hardware.{name}.device: no device {device!r} in "
+                                f"{CATALOG_FILE.name}; known: {', '.join(packaged.devices)}")
+        entries[name] = _offer_entry(spec, packaged.devices[device]) if new_offer else {**entries.get(name, {}), **spec}
+    return {name: _cited(entry, name, packaged.sources) for name, entry in entries.items()}
+
+
+def _cited(entry: dict[str, Any], name: str, shared: dict[str, str]) -> dict[str, Any]:
+    """The entry with each source that names a key of the shared table replaced by its text, written
+    for this entry."""
+    sources = entry.get("sources")
+    if not isinstance(sources, dict):  # left for validation to name
+        return entry
+    own = {"{name}": name, "{instance}": str(entry.get("instance"))}
+    return {**entry, "sources": {key: _filled(shared[text], own) if isinstance(text, str) and text in shared else text
+                                 for key, text in sources.items()}}
+
+
+def _filled(text: str, own: dict[str, str]) -> str:
+    for placeholder, value in own.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 def _build(entries: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]] | None) -> dict[str, Device]:
     """Devices from validated entries, or one error naming every bad field."""
-    colab = _packaged()[1]
+    colab = _packaged().colab
     problems, devices = [], {}
     for name, entry in entries.items():
         where = f"cost.extra_hardware.{name}" if name in (extra or {}) else f"{CATALOG_FILE.name}: {name}"
@@ -293,4 +381,7 @@ def _device(name: str, spec: _Spec, colab: _Colab, detected: dict[str, Any] | No
         gpu_names=tuple(spec.gpu_names),
         spot_reclaims_per_month=spec.spot_reclaims_per_month,
         spot_restart_minutes=spec.spot_restart_minutes,
+        chip=spec.device or name,
+        cloud=spec.cloud,
+        instance=spec.instance,
     )

@@ -46,6 +46,10 @@ WIDTH_FRACTIONS = (1 / 3, 1 / 2, 2 / 3)   # of the configured model's heads
 TOKEN_FRACTIONS = (1 / 4, 1 / 2, 1.0)     # of D_max
 MIN_STEPS = 10                            # a pilot's optimizer steps at least: fewer is warmup and noise
 KEPT = 16                                 # grids kept in the cache
+# the train keys a pilot's loss depends on: read one by one, as the estimate stage declares them
+# (a dump of the section would read train.patience and the rest too)
+RECIPE = ("optimizer", "lr", "min_lr", "muon_lr", "muon_momentum", "muon_weight_decay", "weight_decay", "beta1",
+          "beta2", "grad_clip", "seed", "eval_batches", "tokens_per_step")
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,7 @@ def flops(params: Params, pilots: list[Pilot], vocab: int) -> float:
 
 def key(params: Params, manifest: TokenManifest, pilots: list[Pilot], device: str, precision: str) -> str:
     """What a pilot's loss depends on: the tokens, the recipe, the grid, the device and precision."""
-    recipe = {k: v for k, v in params.section("train").items()
-              if k in ("optimizer", "lr", "min_lr", "muon_lr", "muon_momentum", "muon_weight_decay", "weight_decay",
-                       "beta1", "beta2", "grad_clip", "seed", "eval_batches", "tokens_per_step")}
+    recipe = {k: getattr(params.train, k) for k in RECIPE}
     text = json.dumps({"format": FORMAT, "tokens": manifest.sha256, "tokenizer": manifest.tokenizer_sha256,
                        "model": params.section("model"), "recipe": recipe, "auto": [k for k in ("train.lr", "train.min_lr") if params.is_auto(k)],
                        "grid": [asdict(p) for p in pilots], "device": device, "precision": precision},

@@ -10,7 +10,10 @@ shipped. Every decision and measurement is a part of its own:
   meter.py       wall and step time, tokens/s, MFU, memory, energy
   trainlog.py    the progress bar and DVCLive metrics
   report.py      reports/train.json
-and the budget guard is pipeline/cost/budget.py. accelerate sets up the devices and DDP.
+The train stage hands the loop what it needs of the cost side: the budget guard
+(pipeline/cost/budget.py) and where the measured speed is kept (pipeline/cost/calibration.py). The
+loop knows them only by the small interfaces below, so the engine stays below cost, which plans
+and prices with the engine's parts. accelerate sets up the devices and DDP.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import signal
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -27,8 +30,6 @@ from transformers.utils import CONFIG_NAME
 
 from pipeline.core.atomic import staging_dir
 from pipeline.core.params import Params
-from pipeline.cost import calibration
-from pipeline.cost.budget import BudgetGuard
 from pipeline.data.batches import TrainWindows
 from pipeline.data.tokens import TRAIN_FILE, VAL_FILE, TokenManifest
 from pipeline.engine.checkpoint.manager import CheckpointManager
@@ -48,14 +49,38 @@ from pipeline.model.compute import flops_per_token
 OVERFLOW_LINES = 10  # fp16 overflow skips shown on the terminal; all are counted in train.json
 
 
+class Guard(Protocol):
+    """What the loop asks of the budget held while it runs (pipeline/cost/budget.py: BudgetGuard)."""
+
+    last: Any  # the newest projection (its as_dict() goes to train.json), None before the first
+
+    @property
+    def active(self) -> bool: ...
+
+    def due(self, steps_this_run: int, run_seconds: float) -> bool: ...
+
+    def project(self, step: int, tokens_done: int, step_rate: float, spent_hours: float) -> Any:
+        """A projection of the whole run, whose `over` and `wall_clock_over` say whether it stops."""
+
+    def refusal(self, projection: Any, checkpoint: str) -> Exception: ...
+
+
+# Keeps a run's measured speed for the next estimate of its shape (pipeline/cost/calibration.py:
+# remember): called with the plan's calibration key, run=, mfu=, wall_over_steps=,
+# tokens_per_second=, step_seconds= and checkpoint_seconds=.
+Remember = Callable[..., object]
+
+
 class Trainer:
     def __init__(self, params: Params, setup: Setup, accelerator: Accelerator, manifest: TokenManifest,
-                 tokens: Path, tokenizer: Any, outputs: dict[str, Path], guard: BudgetGuard, *,
+                 tokens: Path, tokenizer: Any, outputs: dict[str, Path], guard: Guard, *, remember: Remember,
                  estimate: dict[str, Any] | None = None, caught: dict[str, int] | None = None):
-        """`estimate`: the cost report this run was gated with; `caught`: the signals caught so far
+        """`guard` holds the budget while the run goes; `remember` keeps its measured speed;
+        `estimate`: the cost report this run was gated with; `caught`: the signals caught so far
         (pipeline/engine/signals.py), which the loop checks after every step."""
         self.params, self.setup, self.acc, self.manifest = params, setup, accelerator, manifest
         self.tokenizer, self.out, self.guard, self.estimate = tokenizer, outputs, guard, estimate
+        self.remember = remember
         self.caught = caught if caught is not None else {}
         self.cfg = cfg = params.train
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
@@ -249,10 +274,10 @@ class Trainer:
         """Keep this run's measured MFU for the next estimate of the same shape on this machine."""
         summary, meter = self.meter.summary(self._precision()), self.meter
         if summary["mfu"] and meter.step_seconds:
-            calibration.remember(self.setup.calibration_key, run=run_id(self.params, self.manifest),
-                                 mfu=summary["mfu"], wall_over_steps=meter.run_seconds() / meter.step_seconds,
-                                 tokens_per_second=summary["tokens_per_second"], step_seconds=meter.step_seconds,
-                                 checkpoint_seconds=meter.mean_seconds("checkpoint"))
+            self.remember(self.setup.calibration_key, run=run_id(self.params, self.manifest),
+                          mfu=summary["mfu"], wall_over_steps=meter.run_seconds() / meter.step_seconds,
+                          tokens_per_second=summary["tokens_per_second"], step_seconds=meter.step_seconds,
+                          checkpoint_seconds=meter.mean_seconds("checkpoint"))
 
     def _announce(self) -> None:
         if not self.acc.is_main_process:

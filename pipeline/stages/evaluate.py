@@ -34,6 +34,7 @@ from pipeline.evaluation.reference import read_texts, score_texts
 from pipeline.evaluation.sampling import generate_samples
 from pipeline.evaluation.scoring import (Score, evaluate_checkpoints, score, scored_stream, select_checkpoints,
                                          unigram_baseline)
+from pipeline.registry import declared_params
 from pipeline.reports import forecast_check, headline, plots, quantities as report
 
 
@@ -96,9 +97,7 @@ def run(params: Params, *, model: Path, tokens: Path, tokenizer: Path, eval_data
     files = {"eval": eval_report, "samples": samples_md, "plots": plots_dir, "cost": Path(params.paths.reports) / "cost.json", "train": train_report,
              "metrics": metrics}
     write_text(summary_md, report.summary_markdown(result, manifest, train, samples_out, model_dir, ckpt_dir, files))
-    used = {k: params.section(k) for k in ("paths", "model", "evaluate")}
-    used["train"] = {"device": params.train.device, "tokens_per_step": params.train.tokens_per_step}
-    write_json(eval_report, {**result, **provenance.record(used)})
+    write_json(eval_report, {**result, **provenance.record(declared_params("evaluate", params))})
     headline.write(metrics, result)   # reports/metrics.json: what `dvc exp show` compares
     print(f"val loss {result['val_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
           f"{result['bits_per_byte']:.4f} bits/byte over {final.tokens:,} tokens "

@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from pipeline.core.driver import first_process
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
+from pipeline.cost import calibration
 from pipeline.cost.budget import BudgetGuard, tokens_to_train
 from pipeline.cost.report import CostReport
 from pipeline.data.tokens import load as load_manifest
@@ -33,7 +34,8 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
         checkpoints: Path, train_report: Path, cost: Path) -> TrainReport:
     """`cost` (the estimate's report) is read only for the budget held while the run goes
     (pipeline/cost/budget.py) and the estimate the run is held against afterwards; none of the
-    weights depend on it."""
+    weights depend on it. The trainer is handed the guard and where to keep its measured speed
+    (pipeline/cost/calibration.py): the engine never imports cost."""
     tokens, tokenizer = Path(tokens), Path(tokenizer)
     for note in params.auto_notes() if first_process() else ():  # "train.lr auto: 0.0018 = ...", once
         print(note, flush=True)
@@ -49,7 +51,8 @@ def run(params: Params, *, tokens: Path, tokenizer: Path, plan: Path, model: Pat
     guard = BudgetGuard(estimate, tokens_to_train(params))
     with signals_caught() as caught:
         trainer = Trainer(params, setup, accelerator, manifest, tokens, tokenizer_files, outputs, guard,
-                          estimate=estimate.as_dict() if estimate else None, caught=caught)
+                          remember=calibration.remember, estimate=estimate.as_dict() if estimate else None,
+                          caught=caught)
         try:
             return trainer.fit()
         finally:

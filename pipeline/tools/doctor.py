@@ -11,10 +11,10 @@ describes this machine. Every problem is listed at once; the exit status is 2 wh
 fail here, 0 otherwise (warnings allowed).
 
 `run(params)` returns the Report; `cuda_devices()` is shared with the GPU check
-(pipeline/tools/gpucheck/). Both know a GPU's catalog entry by the names the entry lists
-(gpu_names in pipeline/cost/hardware.yaml); the energy counter is the train stage's
-(pipeline/engine/meter.py: EnergyCounter). Importing this module is cheap: torch and the catalog
-are imported when a check runs.
+(pipeline/tools/gpucheck/). Both know a GPU's catalog device by the names the device lists
+(gpu_names in pipeline/cost/hardware.yaml), under any of its offers; the energy counter is the
+train stage's (pipeline/engine/meter.py: EnergyCounter). Importing this module is cheap: torch
+and the catalog are imported when a check runs.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pipeline.core.params import Params
 from pipeline.core.units import GIB  # noqa: E402
 from pipeline.model.compute import CHECKPOINT_SMALL_FILES_BYTES  # noqa: E402,F401  (tests read it here)
 TORCH_INSTALL = "https://pytorch.org/get-started/locally/"
-NO_ENTRY = ("add one to pipeline/cost/hardware.yaml with the name under gpu_names, or describe it under "
+NO_ENTRY = ("add a device to pipeline/cost/hardware.yaml with the name under gpu_names, or describe it under "
             "cost.extra_hardware")
 
 
@@ -238,9 +238,10 @@ def _gpus(report: Report, params: Params, gpus: list[CudaDevice]) -> None:
         report.add("cuda", "no CUDA device (torch.cuda.is_available() is False)")
         return
     for gpu in gpus:
-        entry = hardware.gpu_entry(gpu.name, params.cost.extra_hardware)
-        report.add("cuda", f"cuda:{gpu.index} {gpu.name} is catalog entry {entry}" if entry else
-                           f"cuda:{gpu.index} {gpu.name} is no catalog entry: {NO_ENTRY}")
+        offers = hardware.gpu_offers(gpu.name, params.cost.extra_hardware)
+        report.add("cuda", f"cuda:{gpu.index} {gpu.name} is catalog device {_chip(offers)}, "
+                           f"cost.hardware {' or '.join(offers)}" if offers else
+                           f"cuda:{gpu.index} {gpu.name} is no catalog device: {NO_ENTRY}")
         bf16 = "bf16 native" if gpu.bf16_native else \
             "bf16 emulated (compute capability < 8.0; torch.cuda.is_bf16_supported() may still say True): fp16 + loss scaling"
         energy = "NVML energy counter reads" if gpu.energy_counter else f"no NVML energy ({gpu.energy_note})"
@@ -253,6 +254,11 @@ def _gpus(report: Report, params: Params, gpus: list[CudaDevice]) -> None:
                                    f"{' '.join(gpu.arch_list)} only: install a torch build for it ({TORCH_INSTALL})")
         if not gpu.energy_counter:
             report.warnings.append(f"cuda:{gpu.index}: {gpu.energy_note}: the train report will have no measured kWh")
+
+
+def _chip(offers: dict[str, Any]) -> str:
+    """The catalog device the entries `offers` (hardware.gpu_offers) rent: one device's."""
+    return next(iter(offers.values())).chip
 
 
 def checkpoint_parts(params: Params, vocab: int) -> dict[str, int]:
@@ -337,8 +343,8 @@ def _kind_mismatch(params: Params, target: Any, here: str, gpus: list[CudaDevice
         return (f"cost.hardware is {name}, a CUDA GPU, but train.device {device} resolves to cpu on this machine "
                 f"({why}): to train on this CPU set cost.hardware: cpu (--set cost.hardware=cpu, as "
                 "params/demo.yaml does) and rerun estimate; or run on a machine with the GPU")
-    match = hardware.gpu_entry(gpus[0].name, params.cost.extra_hardware) if gpus else None
-    entry = match or f"this GPU's entry ({NO_ENTRY})"
+    offers = hardware.gpu_offers(gpus[0].name, params.cost.extra_hardware) if gpus else {}
+    entry = " or ".join(offers) or f"this GPU's entry ({NO_ENTRY})"
     return (f"cost.hardware is {name}, a CPU, but train.device {device} resolves to cuda here "
             f"({gpus[0].name if gpus else 'a GPU'}): set train.device: cpu to train on the CPU, or "
             f"cost.hardware: {entry} and rerun estimate")
@@ -374,11 +380,12 @@ def _one_gpu_matches(report: Report, params: Params, target: Any, gpu: CudaDevic
     from pipeline.cost import hardware
 
     need, usable_here = fit.memory.total, int(gpu.total_bytes * (1 - params.cost.memory_headroom))
-    match = hardware.gpu_entry(gpu.name, params.cost.extra_hardware)
-    if match and match != target.name:
-        report.warnings.append(f"cuda:{gpu.index} {gpu.name} looks like catalog entry {match}, but cost.hardware is "
-                               f"{target.name}: hours and dollars are estimated for {target.name}; set "
-                               f"cost.hardware: {match} to estimate for this GPU")
+    offers = hardware.gpu_offers(gpu.name, params.cost.extra_hardware)
+    match = " or ".join(offers)
+    if offers and target.name not in offers:
+        report.warnings.append(f"cuda:{gpu.index} {gpu.name} looks like catalog device {_chip(offers)}, "
+                               f"but cost.hardware is {target.name}: hours and dollars are estimated for "
+                               f"{target.name}; set cost.hardware: {match} to estimate for this GPU")
     if gpu.total_bytes < target.memory_bytes:
         smaller = (f"cuda:{gpu.index} {gpu.name} has {gpu.total_bytes / GIB:.2f} GiB, less than the "
                    f"{target.memory_bytes / GIB:.2f} GiB cost.hardware {target.name} plans for")

@@ -29,7 +29,7 @@ class Machine:
     kind: str                       # "cuda" | "cpu"
     name: str
     device: Any                     # pipeline.cost.hardware.Device the micro-batches are planned against
-    catalog_entry: str | None       # the catalog entry this machine is, or None
+    catalog_entry: str | None       # the catalog entry this machine is (cost.hardware if it is one), or None
     facts: dict[str, Any]
     peak_flops: dict[str, float]    # what step times are predicted from
     mfu: float
@@ -55,7 +55,7 @@ def cuda_machine(params: Params) -> Machine:
     torch.empty(1, device="cuda")  # the CUDA context exists from here: measure what it holds
     free, total = torch.cuda.mem_get_info()
     outside = max(0, total - free - torch.cuda.memory_reserved())
-    entry = hardware.gpu_entry(gpu.name, params.cost.extra_hardware)
+    entry = hardware.gpu_entry(gpu.name, params.cost.extra_hardware, prefer=params.cost.hardware)
     catalog = hardware.gpus(params.cost.extra_hardware)
     measured = {p: cuda_matmul_peak(p) for p in ("fp32", "fp16", "bf16") if p != "bf16" or gpu.bf16_native}
     if entry:
@@ -73,7 +73,7 @@ def cuda_machine(params: Params) -> Machine:
             power_watts=1.0, usd_per_hour_on_demand=None, usd_per_hour_spot=None, usd_per_hour_colab=None,
             mfu_default=mfu, runtime_overhead_bytes=int(statistics.median(d.runtime_overhead_bytes for d in gpus)))
         peaks = device.peak_flops
-        source = (f"no catalog entry is a {gpu.name}: the matmul peak measured here x {mfu:g}, the median "
+        source = (f"no catalog device is a {gpu.name}: the matmul peak measured here x {mfu:g}, the median "
                   "mfu_default of the catalog's GPUs (an assumption)")
     facts = {**asdict(gpu), "bf16_native": gpu.bf16_native, "torch": torch.__version__,
              "measured_matmul_tflops": {p: f / 1e12 for p, f in measured.items()}}

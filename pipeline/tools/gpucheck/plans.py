@@ -48,7 +48,7 @@ def prove_plan(name: str, params: Params, machine: Machine) -> PlanProof:
         proof.status, proof.note = "skipped", "predicted only: the memory cap needs a CUDA GPU"
         return proof
     total = machine.facts["total_bytes"]
-    if device.memory_bytes > total and machine.catalog_entry != name:
+    if device.memory_bytes > total and machine.device.chip != device.chip:
         proof.status = "skipped"
         proof.note = (f"the {device.memory_bytes / GIB:.2f} GiB cap is larger than this GPU's "
                       f"{total / GIB:.2f} GiB: run the check on a larger GPU to prove this plan")
