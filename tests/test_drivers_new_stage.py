@@ -1,6 +1,7 @@
 """A stage added to the registry alone: in a copy of the repository (tests/driverkit.py), one more
 stage is appended to pipeline/registry.py's STAGES, with a module of its own that reads one
-declared param and writes one report from the clean stage's metrics. `python -m pipeline dag`
+declared value (and declares paths.reports, where its report goes: a stage sees its declared
+params alone) and writes one report from the clean stage's metrics. `python -m pipeline dag`
 (the copy's own) writes dvc.yaml and rules/stages.smk; then `snakemake` and `dvc repro` each run
 it with the stage before it, a second run does nothing, and a change of its param reruns it
 alone. No test or driver file is edited by hand."""
@@ -32,7 +33,7 @@ REGISTRY_TAIL = '''
 
 KEPT_MD = Artifact("kept_md", "{reports}/kept.md", role="report")
 STAGES = (*STAGES, Stage(name="kept", help="what cleaning kept, in one line", inputs=(CLEAN_METRICS,),
-                         params=("data.val_fraction",), outputs=(KEPT_MD,)))
+                         params=("paths.reports", "data.val_fraction"), outputs=(KEPT_MD,)))
 '''
 
 
