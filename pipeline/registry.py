@@ -1,9 +1,9 @@
-"""The DAG, declared once. dvc.yaml is generated from it (`python -m pipeline dag`) and the
-Snakefile builds its rules from it, so the two drivers cannot drift apart.
+"""The DAG, declared once. dvc.yaml and Snakemake's rules (rules/stages.smk, which the Snakefile
+includes) are generated from it (`python -m pipeline dag`), so the two drivers cannot drift apart.
 
 Paths are templates over params.paths: "{tokens}/train.bin". `params` lists exactly the keys a
 stage reads, so changing a key reruns that stage and what follows, and nothing else (DVC: the
-stage's `params` in dvc.yaml; Snakemake: its STAGE_params job, see the Snakefile). A stage sees
+stage's `params` in dvc.yaml; Snakemake: its STAGE_params rule, see the Snakefile). A stage sees
 those keys alone (run_stage, pipeline/core/view.py): a read of any other raises at once, naming it.
 tests/test_declared_params.py runs the stages and fails on a key one reads but does not declare.
 """
@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parent
 # Data files a module reads at run time: a change to them is a change to the module.
 MODULE_DATA = {"pipeline.cost.hardware": ("hardware.yaml",)}
 # The registry and dvc.yaml's generator: what they declare reaches each driver stage by stage (its
-# params, deps and outs in dvc.yaml and the Snakefile), so an edit to one stage's declaration must
+# params, deps and outs in dvc.yaml and rules/stages.smk), so an edit to one stage's declaration must
 # not rerun every stage as a code change would.
 NOT_CODE = frozenset({"pipeline.registry", "pipeline.tools.dag"})
 # What runs a distributed stage as several processes: the CLI imports it by this name for those

@@ -1,8 +1,9 @@
-"""The two drivers declare one DAG: dvc.yaml is generated from the registry and current, and
-Snakemake's jobs have exactly DVC's commands, inputs and outputs (a directory DVC tracks whole,
-Snakemake tracks by its files)."""
+"""The two drivers declare one DAG: dvc.yaml and rules/stages.smk are generated from the registry
+and current, and Snakemake's jobs have exactly DVC's commands, inputs and outputs (a directory DVC
+tracks whole, Snakemake tracks by its files)."""
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -15,6 +16,7 @@ import yaml
 from checkout import copy_checkout
 from pipeline.tools import dag
 from pipeline.core import params as params_module
+from pipeline.core.errors import PipelineError
 from pipeline.registry import CORPUS, EVAL_DATA, STAGES, params_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +27,22 @@ PARAMS = params_module.load([ROOT / "params.yaml"])
 def test_dvc_yaml_is_generated_from_the_registry():
     assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == dag.render(), \
         "dvc.yaml is stale: run `python -m pipeline dag`"
+
+
+def test_snakemake_rules_are_generated_from_the_registry():
+    assert (ROOT / dag.RULES_FILE).read_text(encoding="utf-8") == dag.render_rules(), \
+        "rules/stages.smk is stale: run `python -m pipeline dag`"
+
+
+def test_dag_check_names_the_stale_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(check=True)
+    dag.main(PARAMS, argparse.Namespace(check=False))
+    assert dag.main(PARAMS, args) == 0
+    with open(dag.RULES_FILE, "a", encoding="utf-8") as fh:
+        fh.write("# an edit by hand\n")
+    with pytest.raises(PipelineError, match=r"^rules/stages\.smk is out of date with pipeline/registry\.py"):
+        dag.main(PARAMS, args)
 
 
 def test_every_stage_module_and_dep_exists():

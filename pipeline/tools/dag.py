@@ -1,10 +1,11 @@
-"""dvc.yaml, generated from the stage registry (pipeline/registry.py).
+"""dvc.yaml and Snakemake's rules (rules/stages.smk), generated from the stage registry
+(pipeline/registry.py).
 
-    python -m pipeline dag            # rewrite dvc.yaml
-    python -m pipeline dag --check    # exit 2 when dvc.yaml is out of date (CI, make lint)
+    python -m pipeline dag            # rewrite dvc.yaml and rules/stages.smk
+    python -m pipeline dag --check    # exit 2 when either is out of date (CI, make lint)
 
-Paths stay DVC templates over params.yaml (`${paths.tokens}`), so moving an output is a
-params.yaml edit, not a dvc.yaml edit.
+Paths stay templates over params.paths, DVC's (`${paths.tokens}`) and the Snakefile's
+(`f"{paths.tokens}/train.bin"`), so moving an output is a params.yaml edit, not an edit of either.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from pipeline.reports import plots
 from pipeline.core.atomic import write_text
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
-from pipeline.registry import STAGES, Stage
+from pipeline.registry import CORPUS, EVAL_DATA, STAGES, Artifact, Stage
 
 DVC_FILE = Path("dvc.yaml")
+RULES_FILE = Path("rules/stages.smk")
 HEADER = "# Generated from pipeline/registry.py by `python -m pipeline dag`: edit the registry, not this file.\n"
 
 # `dvc plots show` (pipeline/reports/plots.py writes the files): the evaluate stage's PNGs as image plots,
@@ -75,18 +77,128 @@ def render() -> str:
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=100, allow_unicode=True)
 
 
+# ---- Snakemake: rules/stages.smk, included by the Snakefile --------------------------------------
+# The Snakefile defines what the rules name: PARAMS (pipeline/tools/snakemake_support.py:
+# WorkflowParams), `paths` (its params.paths), THREADS, after() and write_values().
+
+VALUES_FILE = "logs/params/{stage}.yaml"
+RULES_HEADER = HEADER + """\
+# Before each stage's rule, its STAGE_params rule writes the values the stage reads
+# (logs/params/STAGE.yaml); its params are those values, so a changed one reruns it and then the
+# stage. A stage whose output a later stage reads by content is a checkpoint. PARAMS, paths,
+# THREADS, after() and write_values() come from the Snakefile. See its docstring.
+"""
+
+
+def _path(template: str) -> str:
+    """A path template as a Python f-string over the Snakefile's `paths`."""
+    if re.fullmatch(r"\{\w+\}", template):
+        return f"paths.{template[1:-1]}"
+    return 'f"' + re.sub(r"\{(\w+)\}", r"{paths.\1}", template) + '"'
+
+
+def _list(entries: list[str]) -> str:
+    """A list in a rule's section: one entry a line where it is longer than two."""
+    if len(entries) <= 2:
+        return "[" + ", ".join(entries) + "]"
+    return "[\n" + "".join(f"            {entry},\n" for entry in entries) + "        ]"
+
+
+def _paths(artifact: Artifact) -> str:
+    """The files a file-tracking driver declares: the file, or a directory's named files."""
+    if not artifact.files:
+        return _path(artifact.template)
+    return _list([_path(f"{artifact.template}/{name}") for name in artifact.files])
+
+
+def _producer(artifact: Artifact) -> Stage:
+    return next(stage for stage in STAGES if artifact in stage.outputs)
+
+
+def _input(artifact: Artifact) -> str:
+    if artifact is CORPUS:
+        return "PARAMS.corpus_files()"
+    if artifact is EVAL_DATA:
+        return "PARAMS.eval_files()"
+    if artifact.by_content:   # read once its checkpoint has run (snakemake_support.after)
+        files = [_path(f"{artifact.template}/{name}") for name in artifact.files] or [_path(artifact.template)]
+        return f"after(checkpoints.{_producer(artifact).name}, {', '.join(files)})"
+    return _paths(artifact)
+
+
+def _declared_outputs(stage: Stage) -> list[Artifact]:
+    """Its outputs, bar resume state (Snakemake would delete it before a rerun and after a failed
+    job) and what must outlive a failure (a log)."""
+    return [a for a in stage.outputs if a.role != "persistent" and not a.kept_on_failure]
+
+
+def _output(artifact: Artifact) -> str:
+    """A directory is declared by its files where the registry names them (no marker file)."""
+    return _paths(artifact) if artifact.files or not artifact.directory else f"directory({_path(artifact.template)})"
+
+
+def _section(name: str, entries: list[str]) -> list[str]:
+    return [f"    {name}:", *(f"        {entry}," for entry in entries)]
+
+
+def _params_rule(stage: Stage) -> list[str]:
+    return [f"rule {stage.name}_params:",
+            *_section("output", [f'"{VALUES_FILE.format(stage=stage.name)}"']),
+            *_section("params", [f'*PARAMS.values("{stage.name}")']),
+            *_section("log", [f'"logs/params/{stage.name}.log"']),
+            "    localrule: True",
+            "    run:",
+            "        write_values(output[0], params, log[0])"]
+
+
+def _stage_rule(stage: Stage, checkpoint: bool) -> list[str]:
+    code = [f'"{d}"' for d in stage.all_deps if d.startswith("pipeline/")]
+    inputs = [f'values="{VALUES_FILE.format(stage=stage.name)}"',
+              f"code={_list(code)}",
+              *(f"{a.name}={_input(a)}" for a in stage.inputs)]
+    logs = [f'job="logs/{stage.name}.log"',
+            *(f"{a.name}={_path(a.template)}" for a in stage.outputs if a.kept_on_failure)]
+    # train runs as cost.num_devices processes (pipeline/core/launch.py), each holding a GPU
+    gpus = "PARAMS.resolved.cost.num_devices" if stage.distributed else str(int(stage.gpu))
+    command = f"exec {stage.command} --params params.yaml --params {{input.values}} --log {{log.job}}"
+    return [f"{'checkpoint' if checkpoint else 'rule'} {stage.name}:",
+            *_section("input", inputs),
+            *_section("output", [f"{a.name}={_output(a)}" for a in _declared_outputs(stage)]),
+            *_section("log", logs),
+            "    threads: THREADS",
+            *_section("resources", [f"gpu={gpus}"]),
+            "    shell:",
+            f'        "{command}"']
+
+
+def render_rules() -> str:
+    by_content = {_producer(a).name for stage in STAGES for a in stage.inputs if a.by_content}
+    blocks = [block for stage in STAGES
+              for block in (_params_rule(stage), _stage_rule(stage, stage.name in by_content))]
+    # a rule in an included file cannot be the default target: the Snakefile's `rule all` is
+    blocks.append(["# Every stage's outputs, the Snakefile's `rule all`: the model too, which no stage reads.",
+                   "STAGE_OUTPUTS = [", *(f"    rules.{stage.name}.output," for stage in STAGES), "]"])
+    return RULES_HEADER + "".join("\n\n" + "\n".join(block) + "\n" for block in blocks)
+
+
+def generated() -> dict[Path, str]:
+    """Each generated file and the text it must hold."""
+    return {DVC_FILE: render(), RULES_FILE: render_rules()}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--check", action="store_true", help="fail when dvc.yaml is not current")
+    parser.add_argument("--check", action="store_true", help="fail when dvc.yaml or rules/stages.smk is not current")
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
-    text = render()
-    if args.check:
-        if not DVC_FILE.is_file() or DVC_FILE.read_text(encoding="utf-8") != text:
-            raise PipelineError(f"{DVC_FILE} is out of date with pipeline/registry.py: "
-                                "run `python -m pipeline dag` and commit the result")
-        print(f"{DVC_FILE} is current")
-        return 0
-    write_text(DVC_FILE, text)
-    print(f"wrote {DVC_FILE}")
+    for path, text in generated().items():
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                raise PipelineError(f"{path} is out of date with pipeline/registry.py: "
+                                    "run `python -m pipeline dag` and commit the result")
+            print(f"{path} is current")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, text)
+            print(f"wrote {path}")
     return 0
