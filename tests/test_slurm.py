@@ -235,7 +235,9 @@ def test_scancel_or_ctrl_c_checkpoint_train_and_the_next_run_resumes(slurm, runs
     work = tmp_path / "cancelled"
     shutil.copytree(on_slurm, work, symlinks=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
-    steps = 48   # seconds of steps after each signal: scancel goes through slurmctld
+    # tens of seconds of steps after each signal, even at ~7 steps/s: scancel, and the plugin's
+    # cancel on Ctrl-C, go through slurmctld, which a loaded machine answers late
+    steps = 160
     params["train"].update(max_steps=steps, checkpoint_every=1000, eval_every=1000)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     args = ["--profile", "profiles/slurm", "--profile", ci_profile(tmp_path / "ci"), "--until", "train"]
