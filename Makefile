@@ -47,10 +47,8 @@ demo: setup
 
 # The test files run in parallel, one worker per core up to 4 (pytest-xdist), each file whole on
 # one worker: a file's fixtures (a prepared checkout, a SLURM cluster, an image) are built once.
-# Files start longest first, as tests/durations.json recorded them (tests/conftest.py); after
-# adding or slowing a test file: make test PYTEST_ADDOPTS=--store-durations, and commit the file.
 test: setup cloud-env
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -15,7 +15,6 @@ modify, or derive new paths with `demo_tokens.with_paths(tmp_path, "reports", "c
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,6 @@ from pipeline.stages import tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PARAMS = [ROOT / "params.yaml", ROOT / "params" / "demo.yaml"]
-# Each test file's seconds in the last `pytest --store-durations` run: the order files start in.
-DURATIONS_FILE = ROOT / "tests" / "durations.json"
 
 # Tests never reach the network: a stray hub download fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,31 +74,7 @@ def demo_tokens(tmp_path_factory) -> DemoTokens:
     return DemoTokens(params=params, root=root, manifest=manifest)
 
 
-def pytest_addoption(parser):
-    parser.addoption("--store-durations", action="store_true",
-                     help=f"write each test file's total seconds to {DURATIONS_FILE.relative_to(ROOT)}")
-
-
 def pytest_collection_modifyitems(config, items):
-    items[:] = slowest_files_first(items, recorded_durations())
-    _skip_cuda_without_gpu(items)
-
-
-def recorded_durations() -> dict[str, float]:
-    return json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.is_file() else {}
-
-
-def slowest_files_first(items: list, recorded: dict[str, float]) -> list:
-    """The tests ordered by their file's recorded seconds, longest first, each file's tests kept in
-    order. `make test` hands each file whole to a worker, in this order (pytest-xdist's
-    `--dist loadfile --no-loadscope-reorder`): the longest files start first, and the last to
-    finish is a short one rather than a 4-minute end-to-end file started last on an otherwise idle
-    machine. A file not yet recorded counts as slow. `--store-durations` records a run's files."""
-    unknown = max(recorded.values(), default=0.0) + 1.0
-    return sorted(items, key=lambda item: -recorded.get(item.nodeid.split("::")[0], unknown))
-
-
-def _skip_cuda_without_gpu(items):
     """Tests marked cuda skip, saying why, where torch sees no GPU (CI, most laptops)."""
     import torch
 
@@ -111,24 +84,6 @@ def _skip_cuda_without_gpu(items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
-
-
-_file_seconds: dict[str, float] = {}
-
-
-def pytest_runtest_logreport(report):
-    # runs where the reports arrive: under xdist, in the controller, for every worker's tests
-    file = report.nodeid.split("::")[0]
-    _file_seconds[file] = _file_seconds.get(file, 0.0) + report.duration
-
-
-def pytest_sessionfinish(session, exitstatus):
-    if session.config.getoption("--store-durations") and not hasattr(session.config, "workerinput"):
-        # a run of some files updates theirs; a file since removed is dropped
-        durations = json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.is_file() else {}
-        durations.update({file: round(seconds, 1) for file, seconds in _file_seconds.items()})
-        durations = {file: durations[file] for file in sorted(durations) if (ROOT / file).is_file()}
-        DURATIONS_FILE.write_text(json.dumps(durations, indent=1) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
