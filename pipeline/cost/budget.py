@@ -56,6 +56,15 @@ def affordable_tokens(planned: int, figures: dict[str, float], budget: dict[str,
     return int(planned * min(share, 1.0)) // tokens_per_step * tokens_per_step
 
 
+def affordable_after_pilots(planned: int, figures: dict[str, float], budget: dict[str, float | None],
+                            pilots: dict[str, float], tokens_per_step: int) -> int:
+    """affordable_tokens for figures that include the forecast's pilots: they were spent whatever
+    the run does, so the run's share is of what they left of the budget."""
+    left = {k: None if v is None else v - pilots[k] for k, v in budget.items()}
+    run = {k: figures[k] - pilots[k] for k in UNITS}
+    return affordable_tokens(planned, run, left, tokens_per_step)
+
+
 # ---- the gate: the estimate stage -------------------------------------------------------------
 
 def over_budget(cost: Cost, figures: dict[str, Any]) -> list[str]:
@@ -74,10 +83,8 @@ def gate_refusal(params: Params, figures: dict[str, Any], over: list[str], *, de
     budget = limits(params.cost)
     names = {k: f"cost.budget_{k}" for k in UNITS}
     broken = "; ".join(" > {} ".join(_side_by_side(figures[k], budget[k], UNITS[k])).format(names[k]) for k in over)
-    # the tokens that fit what the pilots left of the budget
-    left = {k: budget[k] - pilots[k] for k in over}
-    run = {k: figures[k] - pilots[k] for k in UNITS}
-    fewer = affordable_tokens(tokens_to_train(params), run, left, params.train.tokens_per_step)
+    fewer = affordable_after_pilots(tokens_to_train(params), figures, {k: budget[k] for k in over}, pilots,
+                                    params.train.tokens_per_step)
     options = [f"fewer tokens (train.max_tokens: {fewer} fits)" if fewer > 0 else "far fewer tokens",
                "a smaller model"]
     cheaper = [f"{r['device']} ({fmt(r['hours'], 'h')}, {fmt(r['usd'], '$')}, {r['pricing']})"
@@ -185,10 +192,8 @@ class BudgetGuard:
             what = "; ".join(f"{_amount(p.projected[k], k)} projected{self._with_pilots(k)} > cost.budget_{k} "
                              f"{_amount(cost.budget[k], k)} (+{p.tolerance:.0%} tolerance)" for k in p.over)
             what = f"at the measured {p.tokens_per_second:,.0f} tokens/s the run heads over budget: {what}"
-        # the tokens that fit what the pilots left of the budget
-        left = {k: None if v is None else v - self.pilots[k] for k, v in cost.budget.items()}
-        run = {k: p.projected[k] - self.pilots[k] for k in UNITS}
-        affordable = affordable_tokens(self.tokens_planned, run, left, cost.tokens_per_step)
+        affordable = affordable_after_pilots(self.tokens_planned, p.projected, cost.budget, self.pilots,
+                                             cost.tokens_per_step)
         fewer = f"fewer tokens (train.max_tokens: {affordable:,} fits at this rate), " if affordable > 0 else ""
         return BudgetExceeded(
             f"train stopped at step {p.step}: {what}. Saved {checkpoint}. Choices: {fewer}a larger budget, "
