@@ -29,7 +29,9 @@ TOOLS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; a tool's own options only for `command`: its module may import torch, and every
+    stage would pay those seconds at startup."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     from pipeline.registry import STAGES
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
         if name in TOOLS:
-            importlib.import_module(module).add_arguments(cmd)
+            if name == command:
+                importlib.import_module(module).add_arguments(cmd)
         else:  # a driver's log file, written without a pipe that could die before the stage does
             cmd.add_argument("--log", type=Path, metavar="FILE", help="also write the output to FILE")
     return parser
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None, *, restore_streams: bool = True) -> int:
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     saved = sys.stdout, sys.stderr
     try:
         # a worker of a launch appends to the log its launcher emptied
