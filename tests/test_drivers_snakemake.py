@@ -3,7 +3,6 @@ Snakemake has: changes that rerun everything checked with its dry run, the corpu
 and values from --configfile, --config and a profile, each rerunning only the stages that read it."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -60,24 +59,3 @@ def test_snakemake_reruns_exactly_what_changed(tmp_path):
     # Snakemake sets OMP_NUM_THREADS to a job's threads: undeclared, torch would train on one core
     threads = min(2, os.cpu_count() or 1)  # the --cores this test gives
     assert f"on cpu ({threads} threads)" in (work / "logs/train.log").read_text()
-
-
-def test_num_devices_set_where_snakemake_takes_values_trains_that_many_processes(tmp_path):
-    """cost.num_devices from a --configfile or --config: the job holds that many GPUs and train
-    runs that many processes, though its own params overlay does not carry the key."""
-    work = tiny_project(tmp_path / "repo")
-    (work / "two.yaml").write_text("cost:\n  num_devices: 2\n")
-    expect(snakemake, work, "cost.num_devices: 2 in a --configfile", ALL, "--configfile", "two.yaml")
-    assert _processes(work) == 2
-    expect(snakemake, work, "the configfile dropped", ["estimate", "train", "evaluate"])
-    assert _processes(work) == 1
-    expect(snakemake, work, "cost.num_devices: 2 in --config", ["estimate", "train", "evaluate"],
-           "--config", "cost={num_devices: 2}")
-    assert _processes(work) == 2
-
-
-def _processes(work) -> int:
-    """The processes the last train ran as, by its report and by its log."""
-    world = json.loads((work / "reports/train.json").read_text())["world"]
-    assert f"x {world} process(es)" in (work / "logs/train.log").read_text()
-    return world
