@@ -47,8 +47,9 @@ demo: setup
 
 # The test files run in parallel, one worker per core up to 4 (pytest-xdist), each file whole on
 # one worker: a file's fixtures (a prepared checkout, a SLURM cluster, an image) are built once.
+# Which files share a worker, and their order: tests/conftest.py.
 test: setup cloud-env
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

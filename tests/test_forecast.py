@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.core import params as params_module
 from pipeline.core.errors import BudgetExceeded, PipelineError
-from pipeline.cost import forecast_record, scaling
+from pipeline.cost import forecast, forecast_record, forecast_render, hardware, scaling
+from pipeline.data.tokens import TokenManifest
 from pipeline.registry import run_stage
 from pipeline.reports import forecast_check
 
@@ -98,6 +99,41 @@ def test_the_estimate_forecasts_names_the_best_plan_and_never_reruns_its_pilots(
     with pytest.raises(BudgetExceeded, match="budget_hours"):
         run_stage("estimate", small(demo_tokens, tmp_path, **{"cost.budget_hours": between, "cost.budget_usd": None}))
     assert not (tmp_path / "reports" / "cost.json").exists()
+
+
+def test_past_the_epochs_the_law_covers_the_estimate_gives_a_floor_and_evaluate_holds_the_run_to_it(
+        demo_tokens, tmp_path, capsys):
+    """A run that repeats its tokens past forecast.EPOCHS_TRUSTED: no forecast, no target loss, the
+    law's lower bound named a floor in cost.md, the terminal, the alternatives and evaluate's words."""
+    params = small(demo_tokens, tmp_path)
+    run_stage("estimate", params)   # the pilots (recalled when an earlier test ran them) and their law
+    fc = json.loads((tmp_path / "reports" / "cost.json").read_text())["forecast"]
+    manifest = TokenManifest.read(Path(params.paths.tokens) / "manifest.json")
+    few = manifest.model_copy(update={"train_tokens": 120 * 512 // 6})   # the run: 6 epochs of these
+    n = [n for n in (3e4, 6e4, 1.2e5) for _ in range(3)]
+    d = [d for _ in range(3) for d in (2e3, 4e3, 8e3)]
+    law = scaling.fit(n, d, [1e12] * len(n), [law_loss(a, b * 100) for a, b in zip(n, d)])
+    beyond = {**fc, **forecast._forecasts(params, few, hardware.get_device(params.cost), law, 0.5, False,
+                                          dict.fromkeys(forecast.FIGURES, 0.0))}
+    final = beyond["final"]
+    assert final["beyond_law"] and final["epochs"] == pytest.approx(6, rel=0.01)
+    assert beyond["target_val_loss"] is None
+    assert [v["beyond_law"] for v in beyond["validations"]] == [False, False, True]   # 2, 4 and 6 epochs
+    assert not any(a["beyond_law"] for a in beyond["alternatives"] if a["best"])
+    md = "\n".join(forecast_render.markdown(beyond))
+    assert f"**No forecast, a floor: at least {final['low']:.3f}**" in md and "train.target_val_loss" not in md
+    assert f"| 120 | 61,440 | at least {final['low']:.3f} | none: a floor |" in md
+    assert forecast_render.terminal(beyond).startswith(f"val loss at least {final['low']:.3f}")
+
+    vals = [{"step": 40, "loss": 9.0}, {"step": 80, "loss": final["low"] + 0.5}, {"step": 120, "loss": final["low"] - 0.1}]
+    check = forecast_check.compare({"estimate": {"forecast": beyond}, "stop_reason": "max_steps", "loss": {"val": vals}})
+    assert [r["floor_held"] for r in check["validations"]] == [None, None, False]
+    assert check["final"]["error_pct"] is None and not check["inside_interval"]
+    assert f"actual {final['low'] - 0.1:.3f} against a floor of {final['low']:.3f} (below it)" in \
+        "\n".join(forecast_check.markdown(check))
+    vals[-1]["loss"] = final["low"] + 0.2
+    check = forecast_check.compare({"estimate": {"forecast": beyond}, "stop_reason": "max_steps", "loss": {"val": vals}})
+    assert check["final"]["floor_held"] and "| floor held |" in "\n".join(forecast_check.markdown(check))
 
 
 def test_pilots_that_alone_break_the_budget_never_run(demo_tokens, tmp_path, capsys):

@@ -3,7 +3,9 @@ the forecast for its step, in reports/summary.md, eval.json and the loss plot; a
 run kept for later forecasts of the same corpus (pipeline/cost/forecast_record.py).
 
 The forecast is the one in the cost report the run was gated with (train.json's estimate), as for
-hours and dollars. Error = (actual - forecast) / forecast.
+hours and dollars. Error = (actual - forecast) / forecast. Past the epochs the law covers the
+estimate gives a floor, not a forecast (pipeline/cost/forecast.py): there the run is held against
+the floor, with no error.
 """
 from __future__ import annotations
 
@@ -26,11 +28,20 @@ def compare(train: dict[str, Any] | None) -> dict[str, Any] | None:
     if not fc:
         return None
     measured = {v["step"]: v["loss"] for v in (train.get("loss") or {}).get("val", []) if v.get("loss") is not None}
-    rows = [{**v, "actual": measured.get(v["step"]), "error_pct": _error(v["loss"], measured.get(v["step"]))}
-            for v in fc["validations"]]
+    rows = [_held(v, measured.get(v["step"])) for v in fc["validations"]]
     final = rows[-1] if rows and rows[-1]["actual"] is not None else None
     return {"final": final, "validations": rows, "law": fc["law"], "stop_reason": train.get("stop_reason"),
-            "inside_interval": final is not None and final["low"] <= final["actual"] <= final["high"]}
+            "inside_interval": final is not None and not final["beyond_law"]
+            and final["low"] <= final["actual"] <= final["high"]}
+
+
+def _held(point: dict[str, Any], actual: float | None) -> dict[str, Any]:
+    """A validation point of the forecast with the run's loss there: its error, or past the epochs
+    the law covers, whether the floor held."""
+    beyond = bool(point.get("beyond_law"))
+    return {**point, "beyond_law": beyond, "actual": actual,
+            "error_pct": None if beyond else _error(point["loss"], actual),
+            "floor_held": actual >= point["low"] if beyond and actual is not None else None}
 
 
 def remember(train: dict[str, Any] | None) -> bool:
@@ -56,10 +67,18 @@ def markdown(check: dict[str, Any] | None) -> list[str]:
     for r in check["validations"]:
         if r["actual"] is None:
             continue
-        out.append(f"| {r['step']:,} | {r['tokens']:,} | {r['loss']:.3f} | {r['low']:.3f} to {r['high']:.3f} | "
-                   f"{r['actual']:.3f} | {r['error_pct']:+.1f}% |")
+        if r["beyond_law"]:
+            out.append(f"| {r['step']:,} | {r['tokens']:,} | at least {r['low']:.3f} | none: a floor | "
+                       f"{r['actual']:.3f} | {'floor held' if r['floor_held'] else 'below the floor'} |")
+        else:
+            out.append(f"| {r['step']:,} | {r['tokens']:,} | {r['loss']:.3f} | {r['low']:.3f} to {r['high']:.3f} | "
+                       f"{r['actual']:.3f} | {r['error_pct']:+.1f}% |")
     final = check["final"]
-    if final:
+    if final and final["beyond_law"]:
+        out += ["", f"At the end: actual {final['actual']:.3f} against a floor of {final['low']:.3f} "
+                    f"({'held' if final['floor_held'] else 'below it'}): past the epochs the law covers, the estimate "
+                    "gave a floor, not a forecast."]
+    elif final:
         out += ["", f"At the end: forecast {final['loss']:.3f}, actual {final['actual']:.3f} ({final['error_pct']:+.1f}%), "
                     f"{'inside' if check['inside_interval'] else 'outside'} the 90% interval."]
     else:

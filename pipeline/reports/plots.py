@@ -123,10 +123,15 @@ def _loss_png(path: Path, live: dict[str, Any], checkpoints: dict[str, dict[str,
         x, y = zip(*points)
         ax.plot(x, y, "D", ms=7, color="black", label="val loss, whole split (evaluate)")
     if forecast:   # cost.forecast: a run ending at each validation, and its 90% interval
-        rows = forecast["validations"]
-        x = [r["tokens"] for r in rows]
-        ax.fill_between(x, [r["low"] for r in rows], [r["high"] for r in rows], color="tab:green", alpha=0.15)
-        ax.plot(x, [r["loss"] for r in rows], "--", color="tab:green", label="forecast (estimate), 90% interval")
+        rows = [r for r in forecast["validations"] if not r["beyond_law"]]
+        if rows:
+            x = [r["tokens"] for r in rows]
+            ax.fill_between(x, [r["low"] for r in rows], [r["high"] for r in rows], color="tab:green", alpha=0.15)
+            ax.plot(x, [r["loss"] for r in rows], "--", color="tab:green", label="forecast (estimate), 90% interval")
+        floors = [r for r in forecast["validations"] if r["beyond_law"]]
+        if floors:   # past the epochs the law covers
+            ax.plot([r["tokens"] for r in floors], [r["low"] for r in floors], ":", color="tab:green",
+                    label="floor (estimate): no forecast past its epochs")
     ax.axhline(unigram_loss, ls="--", color="gray", label=f"unigram baseline ({unigram_loss:.2f})")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.legend()
