@@ -49,7 +49,7 @@ demo: setup
 # one worker: a file's fixtures (a prepared checkout, a SLURM cluster, an image) are built once.
 # Which files share a worker, and their order: tests/conftest.py.
 test: setup cloud-env
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -74,30 +74,39 @@ def demo_tokens(tmp_path_factory) -> DemoTokens:
     return DemoTokens(params=params, root=root, manifest=manifest)
 
 
-# How `make test` spreads the files over its workers (pytest-xdist --dist loadgroup, in this order,
-# each file whole on one worker). On 2 workers (CI: 2 cores) the longest end-to-end files run one
-# after another on one worker while the other runs the rest: two trainings at once each start a
-# thread per core and slow each other, and a long file started last runs alone at the end. Seconds
-# on 2 cores, for the order: drivers_snakemake ~450, interrupts ~350, slurm ~330, drivers_dvc ~300,
-# reclaim ~270, the rest under 130 each (bench/README.md, "The test suite").
+# How `make test` spreads the files over its workers (pytest-xdist --dist loadfile, each file whole
+# on one worker, in this order). On 2 workers (CI: 2 cores) the longest end-to-end files are one unit
+# of work, run one after another on one worker while the other runs the rest: two trainings at once
+# each start a thread per core and slow each other, and a long file started last runs alone at the
+# end. Seconds on 2 cores, for the order: drivers_snakemake ~450, interrupts ~350, slurm ~330,
+# drivers_dvc ~300, reclaim ~270, the rest under 130 each (bench/README.md, "The test suite").
 ONE_WORKER = ("test_drivers_snakemake.py", "test_interrupts.py", "test_slurm.py", "test_drivers_dvc.py")
 LONG_NEXT = ("test_reclaim.py", "test_drivers_snakemake_devices.py", "test_guard.py", "test_drivers_new_stage.py")
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
+@pytest.hookimpl(optionalhook=True)   # a pytest-xdist hook: absent under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with ONE_WORKER's files one unit on 2 workers. (xdist_group markers would
+    say the same, but pytest-xdist 3.8 cannot attach them under pytest 9.2: their nodeid suffix is
+    lost.)"""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    workers = len(config.getoption("tx"))
+
+    class LongFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "end-to-end" if workers <= 2 and Path(scope).name in ONE_WORKER else scope
+
+    return LongFilesTogether(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    _spread_over_workers(items)
-    _skip_cuda_without_gpu(items)
-
-
-def _spread_over_workers(items) -> None:
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")   # set in each worker, where items are collected
     order = {name: rank for rank, name in enumerate(ONE_WORKER + LONG_NEXT)}
-    for item in items if workers else ():
-        name = item.path.name
-        group = "end-to-end" if int(workers) <= 2 and name in ONE_WORKER else name
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: order.get(item.path.name, len(order)))   # stable: each file's own order kept
+    _skip_cuda_without_gpu(items)
 
 
 def _skip_cuda_without_gpu(items) -> None:
