@@ -78,8 +78,8 @@ def demo_tokens(tmp_path_factory) -> DemoTokens:
 # on one worker, in this order). On 2 workers (CI: 2 cores) the longest end-to-end files are one unit
 # of work, run one after another on one worker while the other runs the rest: two trainings at once
 # each start a thread per core and slow each other, and a long file started last runs alone at the
-# end. Seconds on 2 cores, for the order: drivers_snakemake ~450, interrupts ~350, slurm ~330,
-# drivers_dvc ~300, reclaim ~270, the rest under 130 each (bench/README.md, "The test suite").
+# end. Seconds per file on 2 cores, for the order: drivers_snakemake ~450, slurm ~420, interrupts
+# ~380, drivers_dvc ~280, reclaim ~280, the rest under 110 each (bench/README.md, "The test suite").
 ONE_WORKER = ("test_drivers_snakemake.py", "test_interrupts.py", "test_slurm.py", "test_drivers_dvc.py")
 LONG_NEXT = ("test_reclaim.py", "test_drivers_snakemake_devices.py", "test_guard.py", "test_drivers_new_stage.py")
 
