@@ -32,7 +32,7 @@ WIDTH_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)     # the alternatives' model widths, 
 EPOCHS = (0.25, 0.5, 1.0, 2.0, 4.0)            # and their tokens, x the unique train tokens
 # Past this many epochs the law gives a floor, not a forecast: its D' only stops repeated tokens from
 # counting, while a model on repeated text overfits and its val loss rises (Muennighoff et al. 2023:
-# returns fade past ~4 epochs and vanish by ~16). Measured: runs of 11 and 22 epochs ended 17-20%
+# returns fade past ~4 epochs and vanish by ~16). Measured: runs of 11 and 22 epochs ended 20-21%
 # above the law's value, every run of at most 2.25 epochs within 12% (bench/README.md).
 EPOCHS_TRUSTED = 4.0
 FIGURES = ("hours", "usd", "kwh")

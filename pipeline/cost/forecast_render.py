@@ -29,10 +29,10 @@ def _headline(fc: dict[str, Any]) -> list[str]:
     return [f"**No forecast, a floor: at least {final['low']:.3f}** at the end of this run: {run}.", "",
             f"{final['epochs']:.1f} epochs is past the {fc['epochs_trusted']:g} the law covers. It counts repeated "
             "tokens for less, but a model on repeated text overfits, its validation loss flattening and then "
-            "rising, which no fitted law here models: runs of 11 and 22 epochs ended 17-20% above the law's value "
-            "(bench/README.md). So the law's lower bound is given, not a forecast. Early stopping "
-            "(`train.patience`) ships the best checkpoint; add text, or choose a plan of at most "
-            f"{fc['epochs_trusted']:g} epochs below."]
+            "rising, which no fitted law here models: runs of 11 and 22 epochs ended 20-21% above the law's value "
+            "(bench/README.md). So the law's lower bound is given, not a forecast. If early stopping "
+            "(`train.patience`) ends the run, models/final is its best checkpoint. Add text, or choose a "
+            f"plan of at most {fc['epochs_trusted']:g} epochs below."]
 
 
 def markdown(fc: dict[str, Any]) -> list[str]:
