@@ -102,16 +102,24 @@ def test_the_pilots_spend_is_in_every_projection_and_the_wall_clock(tmp_path):
         guard.refusal(late, "ckpt"))
 
 
-def test_what_the_forecasts_pilots_spent_counts_while_training(demo_tokens, tmp_path):
+def test_what_the_forecasts_pilots_spent_counts_while_training(demo_tokens, tmp_path, monkeypatch):
     # the estimate's pilots (cost.forecast) cost $1 a second, the run it believes nearly free; a budget
     # of the pilots' measured $ plus the predicted run and a millisecond passes the gate, and the real
-    # run (8 steps, a fraction of the pilots' 9 runs of 10 steps or more) alone would keep it
+    # run alone would keep it: its 8 steps take seconds, the pilots as recorded an hour (their
+    # measured seconds, as long as the run's on a loaded machine, would make that a race)
+    monkeypatch.setenv("BUDGETGPT_CACHE_DIR", str(tmp_path / "cache"))
     run = ("model.n_head=8", "cost.forecast=true", "cost.forecast_share=1", "train.max_steps=8", "train.eval_every=8",
            "train.checkpoint_every=8", *OPTIMISTIC, "cost.pricing=on_demand", "cost.usd_per_hour=3600",
            "cost.budget_hours=null", "cost.budget_kwh=null", "cost.budget_tolerance=0")
     assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_usd=1000000").returncode == 0
+    key = json.loads((tmp_path / "reports" / "cost.json").read_text())["forecast"]["pilots"]["key"]
+    kept = json.loads((tmp_path / "cache" / "pilots.json").read_text())
+    kept[key]["seconds"] = 3600.0
+    (tmp_path / "cache" / "pilots.json").write_text(json.dumps(kept))
+    assert stage("estimate", demo_tokens, tmp_path, *run, "cost.budget_usd=1000000").returncode == 0
     estimate = json.loads((tmp_path / "reports" / "cost.json").read_text())
     pilots_usd = estimate["forecast"]["pilots"]["usd"]
+    assert pilots_usd == pytest.approx(3600)
     budget = pilots_usd + estimate["usd"] + 0.001
     again = stage("estimate", demo_tokens, tmp_path, *run, f"cost.budget_usd={budget}")
     assert again.returncode == 0, again.stderr
