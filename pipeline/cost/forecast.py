@@ -86,16 +86,14 @@ def _forecasts(params: Params, manifest: TokenManifest, device: Device, law: sca
     """The configured run's forecast (at its end and each validation), the alternatives and the best."""
     unique, tokens = manifest.train_tokens, budget.tokens_to_train(params)
     n = compute.hidden_matrix_parameters(params.model)
-    final = _point(law, n, tokens, unique)
+    final, beyond = _point(law, n, tokens, unique), _beyond_law(tokens, unique)
     alternatives = _alternatives(params, manifest, device, law, mfu, whole_steps, pilot_figures)
     return {"law_key": law_key(params, manifest), "run": run_id(params, manifest),
             "parameters_non_embedding": n, "unique_tokens": unique, "epochs_trusted": EPOCHS_TRUSTED,
-            "final": {"tokens": tokens, "epochs": tokens / unique, "beyond_law": _beyond_law(tokens, unique),
-                      **final},
+            "final": {"tokens": tokens, "epochs": tokens / unique, "beyond_law": beyond, **final},
             "validations": _validations(params, law, n, unique), "alternatives": alternatives,
             "best": next((a for a in alternatives if a["best"]), None),
-            # a floor is no loss to stop at
-            "target_val_loss": None if _beyond_law(tokens, unique) else round(final["high"], 4)}
+            "target_val_loss": None if beyond else round(final["high"], 4)}   # a floor is no loss to stop at
 
 
 def _beyond_law(tokens: float, unique: float) -> bool:
