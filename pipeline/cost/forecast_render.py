@@ -12,9 +12,8 @@ def _early(fc: dict[str, Any]) -> bool:
     return min(p["val_loss"] for p in fc["pilots"]["grid"]) > fc["unigram_loss"]
 
 
-def loss_cells(row: dict[str, Any]) -> tuple[str, str]:
-    """A row's forecast and interval cells (cost.md, summary.md); past the epochs the law covers, its
-    floor alone."""
+def _cells(row: dict[str, Any]) -> tuple[str, str]:
+    """A row's forecast and interval cells; past the epochs the law covers, its floor alone."""
     if row.get("beyond_law"):
         return f"at least {row['low']:.3f}", "none: a floor"
     return f"{row['loss']:.3f}", f"{row['low']:.3f} to {row['high']:.3f}"
@@ -70,7 +69,7 @@ def markdown(fc: dict[str, Any]) -> list[str]:
     points = fc["validations"]
     stride = -(-len(points) // VALIDATION_ROWS)
     shown = [v for i, v in enumerate(points) if i % stride == 0 or i == len(points) - 1]
-    lines += [f"| {v['step']:,} | {v['tokens']:,} | {' | '.join(loss_cells(v))} |" for v in shown]
+    lines += [f"| {v['step']:,} | {v['tokens']:,} | {' | '.join(_cells(v))} |" for v in shown]
     lines += ["", "### Alternatives: model width x epochs", "",
               "The configured layers, head width and recipe; hours and $ at this run's MFU (smaller models reach "
               "less). Within budget: with the pilots' cost. **best**: the lowest forecast loss the budget affords, "
@@ -82,7 +81,7 @@ def markdown(fc: dict[str, Any]) -> list[str]:
         mark += " (configured)" if a["configured"] else ""
         within = "yes" if a["within_budget"] and a["fits"] else ("no: does not fit" if not a["fits"] else "no")
         lines.append(f"| {a['n_embd']}{mark} | {a['parameters_non_embedding']:,} | {a['epochs']:.2f} | "
-                     f"{a['tokens']:,} | {' | '.join(loss_cells(a))} | "
+                     f"{a['tokens']:,} | {' | '.join(_cells(a))} | "
                      f"{fmt(a['hours'], 'h')} | {fmt(a['usd'], '$')} | {within} |")
     if best:
         lines += ["", f"Best plan for the budget: model.n_embd {best['n_embd']}, model.n_head {best['n_head']}, "

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.cost import forecast_record
-from pipeline.cost.forecast_render import loss_cells
 
 PLANNED_ENDS = ("max_steps", "max_tokens")   # a run that ended on its schedule: a point of the law
 
@@ -68,8 +67,12 @@ def markdown(check: dict[str, Any] | None) -> list[str]:
     for r in check["validations"]:
         if r["actual"] is None:
             continue
-        held = ("floor held" if r["floor_held"] else "below the floor") if r["beyond_law"] else f"{r['error_pct']:+.1f}%"
-        out.append(f"| {r['step']:,} | {r['tokens']:,} | {' | '.join(loss_cells(r))} | {r['actual']:.3f} | {held} |")
+        if r["beyond_law"]:
+            out.append(f"| {r['step']:,} | {r['tokens']:,} | at least {r['low']:.3f} | none: a floor | "
+                       f"{r['actual']:.3f} | {'floor held' if r['floor_held'] else 'below the floor'} |")
+        else:
+            out.append(f"| {r['step']:,} | {r['tokens']:,} | {r['loss']:.3f} | {r['low']:.3f} to {r['high']:.3f} | "
+                       f"{r['actual']:.3f} | {r['error_pct']:+.1f}% |")
     final = check["final"]
     if final and final["beyond_law"]:
         out += ["", f"At the end: actual {final['actual']:.3f} against a floor of {final['low']:.3f} "
